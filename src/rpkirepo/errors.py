@@ -1,0 +1,195 @@
+"""One error root for the whole toolkit, a small tree under it, and stable reason codes.
+
+Every refusal the toolkit makes carries a :class:`Reason`: a short, stable, kebab-case string that
+appears in logs, metrics labels and reports.  Reason values are API: never rename one, only add.
+
+The tree (after h11 and httpcore):
+
+* :class:`RpkiRepoError` -- the root; catch this to catch everything the toolkit raises on purpose.
+  * :class:`ProtocolError` -- a protocol rule was broken.
+    * :class:`RemoteProtocolError` -- by the peer or by untrusted input (an RRDP file, an object).
+    * :class:`LocalProtocolError` -- by our own caller (API misuse, an illegal state transition).
+  * :class:`LimitExceeded` -- a named limit from :mod:`rpkirepo.limits` was hit.
+  * :class:`IntegrityError` -- a hash or a consistency check failed.
+  * :class:`InputError` -- operator-supplied input is unusable (a bad file in a source directory).
+  * :class:`StorageError` -- the local filesystem failed or holds something unexpected.
+  * :class:`ConfigError` -- configuration or command-line values are invalid.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Final
+
+__all__ = [
+    "ConfigError",
+    "InputError",
+    "IntegrityError",
+    "LimitExceeded",
+    "LocalProtocolError",
+    "ProtocolError",
+    "Reason",
+    "RemoteProtocolError",
+    "RpkiRepoError",
+    "StorageError",
+]
+
+
+class Reason(StrEnum):
+    """Stable reason codes.  Grouped by area; values never change once released."""
+
+    # --- URIs (rrdp-checklist (b)18, (c)28) ---
+    URI_SCHEME = "uri-scheme"
+    URI_SYNTAX = "uri-syntax"
+    URI_TOO_LONG = "uri-too-long"
+    URI_BAD_CHARACTER = "uri-bad-character"
+    URI_DOT_SEGMENT = "uri-dot-segment"
+    URI_EMPTY_SEGMENT = "uri-empty-segment"
+    URI_HIDDEN_SEGMENT = "uri-hidden-segment"
+    URI_BAD_HOST = "uri-bad-host"
+    URI_OUTSIDE_BASE = "uri-outside-base"
+
+    # --- RRDP wire format (RFC 8182 §3.5; rrdp-checklist §0, (c)1-10, 21, 24, 26) ---
+    XML_MALFORMED = "xml-malformed"
+    XML_DOCTYPE = "xml-doctype"
+    XML_ENTITY = "xml-entity"
+    XML_PROCESSING_INSTRUCTION = "xml-processing-instruction"
+    XML_NOT_ASCII = "xml-not-ascii"
+    RRDP_ROOT_ELEMENT = "rrdp-root-element"
+    RRDP_NAMESPACE = "rrdp-namespace"
+    RRDP_VERSION = "rrdp-version"
+    RRDP_SESSION_ID = "rrdp-session-id"
+    RRDP_SERIAL = "rrdp-serial"
+    RRDP_UNKNOWN_ELEMENT = "rrdp-unknown-element"
+    RRDP_UNKNOWN_ATTRIBUTE = "rrdp-unknown-attribute"
+    RRDP_MISSING_ATTRIBUTE = "rrdp-missing-attribute"
+    RRDP_UNEXPECTED_TEXT = "rrdp-unexpected-text"
+    RRDP_NESTING = "rrdp-nesting"
+    RRDP_SNAPSHOT_COUNT = "rrdp-snapshot-count"
+    RRDP_HASH_SYNTAX = "rrdp-hash-syntax"
+    RRDP_BASE64 = "rrdp-base64"
+    RRDP_EMPTY_DELTA = "rrdp-empty-delta"
+    RRDP_WITHDRAW_WITHOUT_HASH = "rrdp-withdraw-without-hash"
+    RRDP_WITHDRAW_WITH_CONTENT = "rrdp-withdraw-with-content"
+    RRDP_PUBLISH_HASH_IN_SNAPSHOT = "rrdp-publish-hash-in-snapshot"
+    RRDP_WITHDRAW_IN_SNAPSHOT = "rrdp-withdraw-in-snapshot"
+    RRDP_DUPLICATE_URI = "rrdp-duplicate-uri"
+    RRDP_DUPLICATE_DELTA_SERIAL = "rrdp-duplicate-delta-serial"
+    RRDP_DELTA_SERIAL_ABOVE_NOTIFICATION = "rrdp-delta-serial-above-notification"
+    RRDP_CROSS_ORIGIN = "rrdp-cross-origin"
+    RRDP_SESSION_MISMATCH = "rrdp-session-mismatch"
+    RRDP_SERIAL_MISMATCH = "rrdp-serial-mismatch"
+    RRDP_TRUNCATED = "rrdp-truncated"
+    RRDP_OBJECT_TOO_SMALL = "rrdp-object-too-small"
+
+    # --- RRDP update planning (rrdp-checklist (b)9-13): why the snapshot is taken ---
+    PLAN_NO_LOCAL_STATE = "no-local-state"
+    PLAN_NEW_SESSION = "new-session"
+    PLAN_UP_TO_DATE = "up-to-date"
+    PLAN_DELTAS = "deltas"
+    PLAN_DELTA_GAP = "delta-gap"
+    PLAN_LAST_DELTA_NOT_NOTIFICATION_SERIAL = "last-delta-not-notification-serial"
+    PLAN_DELTA_HASH_CHANGED = "delta-hash-changed"
+    PLAN_TOO_MANY_DELTAS = "too-many-deltas"
+    PLAN_SERIAL_REGRESSION = "serial-regression"
+    PLAN_NO_DELTAS = "no-deltas"
+    PLAN_LOCAL_SERIAL_ZERO = "local-serial-zero"
+    PLAN_DUPLICATE_DELTA_SERIAL = "duplicate-delta-serial"
+    PLAN_DELTA_SERIAL_ABOVE_NOTIFICATION = "delta-serial-above-notification"
+
+    # --- Integrity ---
+    HASH_MISMATCH = "hash-mismatch"
+    OBJECT_MISSING = "object-missing"
+    OBJECT_ALREADY_PRESENT = "object-already-present"
+
+    # --- RPKI objects (RFC 6487/6488/6482/9286, ASPA, ...) ---
+    OBJECT_EMPTY = "object-empty"
+    OBJECT_MALFORMED = "object-malformed"
+    OBJECT_UNKNOWN_TYPE = "object-unknown-type"
+    OBJECT_TRAILING_DATA = "object-trailing-data"
+    OBJECT_BAD_CONTENT_TYPE = "object-bad-content-type"
+    OBJECT_NO_SIGNING_TIME = "object-no-signing-time"
+    OBJECT_BAD_TIME = "object-bad-time"
+    OBJECT_NOT_SIGNED_DATA = "object-not-signed-data"
+
+    # --- publish: operator input and local state ---
+    SOURCE_UNREADABLE = "source-unreadable"
+    SOURCE_SYMLINK = "source-symlink"
+    SOURCE_SPECIAL_FILE = "source-special-file"
+    SOURCE_BAD_NAME = "source-bad-name"
+    SOURCE_UNSUPPORTED_TYPE = "source-unsupported-type"
+    SOURCE_CHANGED_DURING_READ = "source-changed-during-read"
+    STATE_MISSING = "state-missing"
+    STATE_CORRUPT = "state-corrupt"
+    STATE_INCOMPATIBLE = "state-incompatible"
+    STATE_OUTPUT_MISMATCH = "state-output-mismatch"
+    STATE_LOCKED = "state-locked"
+    STORAGE_IO = "storage-io"
+    STORAGE_UNEXPECTED = "storage-unexpected"
+
+    # --- limits ---
+    LIMIT = "limit-exceeded"
+    OBJECT_TOO_LARGE = "object-too-large"
+    FILE_TOO_LARGE = "file-too-large"
+    TOO_MANY_OBJECTS = "too-many-objects"
+    TOO_MANY_DELTAS = "too-many-deltas-listed"
+
+    # --- configuration and usage ---
+    CONFIG_INVALID = "config-invalid"
+    CONFIG_UNKNOWN_KEY = "config-unknown-key"
+    USAGE = "usage"
+
+
+class RpkiRepoError(Exception):
+    """Root of every error the toolkit raises on purpose.
+
+    ``reason`` is a stable :class:`Reason`; ``detail`` is a human sentence; ``context`` holds
+    structured fields (a URI, a path, a limit's name) for logs and reports.
+    """
+
+    def __init__(self, reason: Reason, detail: str = "", **context: str | int | None) -> None:
+        self.reason: Final[Reason] = reason
+        self.detail: Final[str] = detail
+        self.context: Final[dict[str, str | int | None]] = dict(context)
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        extra = " ".join(f"{k}={v}" for k, v in self.context.items() if v is not None)
+        parts = [f"[{self.reason.value}]"]
+        if self.detail:
+            parts.append(self.detail)
+        if extra:
+            parts.append(f"({extra})")
+        return " ".join(parts)
+
+
+class ProtocolError(RpkiRepoError):
+    """A protocol rule was broken (abstract: raise one of the two subclasses)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer, or untrusted input from the network or another operator, broke a rule."""
+
+
+class LocalProtocolError(ProtocolError):
+    """Our own caller broke a rule: API misuse, an illegal state transition."""
+
+
+class LimitExceeded(RpkiRepoError):
+    """A named limit (see :mod:`rpkirepo.limits`) was hit.  ``context['limit']`` names it."""
+
+
+class IntegrityError(RpkiRepoError):
+    """A hash did not match, or content is inconsistent with what it claims."""
+
+
+class InputError(RpkiRepoError):
+    """Operator-supplied input cannot be used (a file in a publish source directory)."""
+
+
+class StorageError(RpkiRepoError):
+    """The local filesystem failed, or holds something it should not."""
+
+
+class ConfigError(RpkiRepoError):
+    """Configuration file or command-line values are invalid."""

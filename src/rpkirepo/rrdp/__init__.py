@@ -1,0 +1,1 @@
+"""RFC 8182 (RRDP), sans-I/O: model values, a streaming parser, a streaming writer, a planner."""
