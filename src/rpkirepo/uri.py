@@ -57,8 +57,13 @@ _FAST_HTTPS: Final = re.compile(
 )
 
 
+_FAST_SEGMENT: Final = re.compile(_SEG)
+
+
 def validate_segment(segment: str, *, what: str = "segment", uri: str = "") -> None:
     """Check one path segment (a file or directory name) by the rules above."""
+    if _FAST_SEGMENT.fullmatch(segment) is not None:
+        return
     if segment == "":
         raise _fail(Reason.URI_EMPTY_SEGMENT, f"empty {what}", uri or segment)
     if segment in (".", ".."):

@@ -13,7 +13,7 @@ import base64
 import hashlib
 import zlib
 from collections.abc import Iterable
-from typing import BinaryIO, Final
+from typing import Final, Protocol
 
 from rpkirepo.rrdp.model import (
     RRDP_NAMESPACE,
@@ -100,6 +100,12 @@ def notification_bytes(notification: NotificationFile) -> bytes:
     return "".join(lines).encode("ascii")
 
 
+class Writable(Protocol):
+    """Anything with ``write(bytes)``: a binary file, a socket adapter, a list's append."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+
 class HashingSink:
     """Writes pieces to a binary file while keeping their SHA-256, CRC-32 and length.
 
@@ -109,7 +115,7 @@ class HashingSink:
 
     __slots__ = ("_crc", "_file", "_sha", "size")
 
-    def __init__(self, file: BinaryIO | None) -> None:
+    def __init__(self, file: Writable | None) -> None:
         self._file = file
         self._sha = hashlib.sha256()
         self._crc = 0
@@ -120,7 +126,7 @@ class HashingSink:
         self._crc = zlib.crc32(piece, self._crc)
         self.size += len(piece)
         if self._file is not None:
-            self._file.write(piece)
+            self._file.write(bytes(piece))
 
     def write_all(self, pieces: Iterable[bytes]) -> None:
         for p in pieces:

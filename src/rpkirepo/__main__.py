@@ -1,0 +1,5 @@
+import sys
+
+from rpkirepo.cli import main
+
+sys.exit(main())

@@ -1,0 +1,448 @@
+"""The ``rpkirepo`` command line: thin argument handling around the library.
+
+Exit codes: 0 success, 1 a refusal or failure (the message carries its reason code), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rpkirepo import __version__
+from rpkirepo.config import Config, load_config
+from rpkirepo.errors import ConfigError, Reason, RpkiRepoError
+from rpkirepo.limits import Limits
+from rpkirepo.log import setup_logging
+from rpkirepo.metrics import Metric, write_textfile
+from rpkirepo.progress import TerminalProgress
+from rpkirepo.uri import HttpsUri, RsyncUri
+
+__all__ = ["main"]
+
+log = logging.getLogger("rpkirepo.cli")
+
+MAIN_EPILOG = """\
+commands:
+  publish   turn a directory of RPKI objects into an RRDP repository and an rsync tree
+  inspect   show what the object reader sees in RPKI object files
+  limits    list every hard limit, its default and what it protects
+
+examples:
+  rpkirepo publish ./objects --rsync-base rsync://rpki.example.net/repo/ \\
+      --https-base https://rrdp.example.net/rrdp/ --state-dir /var/lib/rpkirepo
+  rpkirepo --config /etc/rpkirepo.toml publish
+  rpkirepo inspect objects/*.roa
+  rpkirepo limits
+"""
+
+PUBLISH_EPILOG = """\
+Each run compares the source directory with the previous run.  When anything changed it writes one
+delta, a new snapshot and a new notification (RFC 8182), and a new rsync revision tree behind the
+`current` symlink; when nothing changed it writes nothing.  A first run, or lost or corrupt state,
+starts a new RRDP session.  Files that stop being referenced stay for --cleanup-after seconds.
+
+output:
+  RRDP-DIR/notification.xml(.gz)                       served at HTTPS-BASE/notification.xml
+  RRDP-DIR/<session>/<serial>/<random>/snapshot.xml(.gz), delta.xml(.gz)
+  RSYNC-DIR/current -> revisions/<session8>-<serial>   point the rsync module at RSYNC-DIR/current
+
+examples:
+  # publish ./objects; RRDP and rsync output under /var/lib/rpkirepo/{rrdp,rsync}
+  rpkirepo publish ./objects --rsync-base rsync://rpki.example.net/repo/ \\
+      --https-base https://rrdp.example.net/rrdp/ --state-dir /var/lib/rpkirepo
+
+  # every minute from cron, quiet unless something is wrong, metrics for node_exporter
+  * * * * * rpkirepo -q publish --config /etc/rpkirepo.toml \\
+      --metrics-file /var/lib/node_exporter/rpkirepo.prom
+
+exit status: 0 published (or nothing to do), 1 refused or failed (see the reason code), 2 usage.
+"""
+
+
+#: Keys of the [publish] table: the long flags of `rpkirepo publish`, with _ for -.
+PUBLISH_KEYS = frozenset(
+    {
+        "source_dir",
+        "rsync_base",
+        "https_base",
+        "state_dir",
+        "rrdp_dir",
+        "rsync_dir",
+        "cleanup_after",
+        "rrdp_max_deltas",
+        "rrdp_max_delta_age",
+        "gzip_level",
+        "skip_invalid",
+        "rsync_include_host",
+        "rsync_max_revisions",
+        "metrics_file",
+    }
+)
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip()
+    try:
+        if t and t[-1] in units:
+            return float(t[:-1]) * units[t[-1]]
+        return float(t)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 7200, 2h, 30m)") from exc
+
+
+def _common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """Options accepted both before and after the command (``rpkirepo -q publish`` and
+    ``rpkirepo publish -q``): after the command they default to SUPPRESS so they do not
+    overwrite a value given before it."""
+
+    def d(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--config", type=Path, default=d(None), help="TOML configuration file (docs/config.md)"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=d(0), help="more output (-vv for debug)"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", default=d(False), help="errors only")
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default=d(None), help="log line format"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rpkirepo",
+        description="Distribute the RPKI: publish, sync, serve and fetch RRDP and rsync "
+        "repositories.",
+        epilog=MAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"rpkirepo {__version__}")
+    _common(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "publish",
+        help="directory of objects -> RRDP repository + rsync tree",
+        description="Publish a directory of RPKI objects as an RRDP repository (RFC 8182) and a "
+        "consistent rsync tree.",
+        epilog=PUBLISH_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(p)
+    p.add_argument("source_dir", nargs="?", type=Path, help="directory of RPKI objects")
+    p.add_argument("--rsync-base", help="rsync URI the source directory maps to (ends with /)")
+    p.add_argument("--https-base", help="public HTTPS URI of the RRDP directory (ends with /)")
+    p.add_argument("--state-dir", type=Path, help="state directory (default /var/lib/rpkirepo)")
+    p.add_argument("--rrdp-dir", type=Path, help="RRDP output directory (default STATE/rrdp)")
+    p.add_argument("--rsync-dir", type=Path, help="rsync output directory (default STATE/rsync)")
+    p.add_argument(
+        "--cleanup-after",
+        type=_duration,
+        help="grace period for files and trees no longer referenced (default 2h)",
+    )
+    p.add_argument(
+        "--rrdp-max-deltas", type=int, help="most deltas in the notification (default 100)"
+    )
+    p.add_argument("--rrdp-max-delta-age", type=_duration, help="oldest delta listed (default 24h)")
+    p.add_argument("--gzip-level", type=int, choices=range(1, 10), help="default 6")
+    p.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        default=None,
+        help="publish the valid files and skip bad ones (default: refuse the whole run)",
+    )
+    p.add_argument(
+        "--rsync-include-host",
+        action="store_true",
+        default=None,
+        help="lay the rsync tree out as HOST/MODULE/PATH (several repositories in one tree)",
+    )
+    p.add_argument(
+        "--rsync-max-revisions", type=int, help="most rsync revision trees kept (default 200)"
+    )
+    p.add_argument("--metrics-file", type=Path, help="write Prometheus metrics to this file")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: when stderr is a terminal)",
+    )
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser(
+        "inspect",
+        help="show what the object reader sees in RPKI object files",
+        description="Read RPKI objects (certificates, CRLs, manifests, ROAs, ASPA, ...) and "
+        "print what repository tools use: type, times, URIs, manifest entries, ROA prefixes.",
+        epilog="examples:\n  rpkirepo inspect repo/*.mft\n  rpkirepo inspect --json a.roa",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(p)
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--json", action="store_true", help="one JSON object per file")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser(
+        "limits",
+        help="list every hard limit and its default",
+        description="Every hard limit on untrusted input, its default, and what it guards. "
+        "Override any of them in the [limits] table of the configuration file.",
+    )
+    _common(p)
+    p.add_argument("--markdown", action="store_true", help="print docs/limits.md")
+    p.set_defaults(func=cmd_limits)
+    return parser
+
+
+def _pick(
+    args: argparse.Namespace, table: Mapping[str, Any], name: str, default: Any = None
+) -> Any:
+    value = getattr(args, name, None)
+    if value is not None:
+        return value
+    if name in table:
+        return table[name]
+    return default
+
+
+def cmd_publish(args: argparse.Namespace, config: Config) -> int:
+    from rpkirepo.publish import PublishOptions, publish
+
+    table = config.table("publish")
+    for key in table:
+        if key not in PUBLISH_KEYS:
+            raise ConfigError(Reason.CONFIG_UNKNOWN_KEY, "unknown key in [publish]", key=key)
+    source = _pick(args, table, "source_dir")
+    rsync_base = _pick(args, table, "rsync_base")
+    https_base = _pick(args, table, "https_base")
+    missing = [
+        n
+        for n, v in (
+            ("SOURCE_DIR", source),
+            ("--rsync-base", rsync_base),
+            ("--https-base", https_base),
+        )
+        if v is None
+    ]
+    if missing:
+        raise ConfigError(Reason.USAGE, "missing: " + ", ".join(missing))
+    state_dir = Path(_pick(args, table, "state_dir", "/var/lib/rpkirepo"))
+    opts = PublishOptions(
+        source_dir=Path(source),
+        rsync_base=RsyncUri.parse(str(rsync_base), max_length=config.limits.max_uri_length),
+        https_base=HttpsUri.parse(str(https_base), max_length=config.limits.max_uri_length),
+        state_dir=state_dir,
+        rrdp_dir=Path(_pick(args, table, "rrdp_dir", state_dir / "rrdp")),
+        rsync_dir=Path(_pick(args, table, "rsync_dir", state_dir / "rsync")),
+        grace=float(_pick(args, table, "cleanup_after", 7200.0)),
+        delta_max_count=int(_pick(args, table, "rrdp_max_deltas", 100)),
+        delta_max_age=float(_pick(args, table, "rrdp_max_delta_age", 86400.0)),
+        gzip_level=int(_pick(args, table, "gzip_level", 6)),
+        skip_invalid=bool(_pick(args, table, "skip_invalid", False)),
+        rsync_include_host=bool(_pick(args, table, "rsync_include_host", False)),
+        rsync_max_revisions=int(_pick(args, table, "rsync_max_revisions", 200)),
+        limits=config.limits,
+    )
+    if not opts.rsync_base.is_directory or not opts.https_base.is_directory:
+        raise ConfigError(Reason.USAGE, "--rsync-base and --https-base must end with a slash")
+    progress = TerminalProgress(force=args.progress)
+    started = time.monotonic()
+    result = publish(opts, progress)
+    elapsed = time.monotonic() - started
+    summary = {
+        "session_id": result.session_id,
+        "serial": result.serial,
+        "changed": result.changed,
+        "new_session_reason": result.new_session_reason,
+        "objects": result.objects,
+        "added": result.added,
+        "modified": result.modified,
+        "removed": result.removed,
+        "skipped": [str(e) for e in result.skipped],
+        "snapshot_size": result.snapshot_size,
+        "notification": str(result.notification),
+        "rsync_current": str(result.current_tree),
+        "seconds": round(elapsed, 3),
+    }
+    if result.changed:
+        log.warning(
+            "published serial %d of session %s: +%d ~%d -%d, %d objects",
+            result.serial,
+            result.session_id,
+            result.added,
+            result.modified,
+            result.removed,
+            result.objects,
+            extra={"reason": result.new_session_reason or "update"},
+        )
+    else:
+        log.info("nothing changed; serial %d stays", result.serial, extra={"reason": "no-change"})
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    elif not args.quiet:
+        state = "published" if result.changed else "unchanged"
+        print(
+            f"{state}: session {result.session_id} serial {result.serial}, "
+            f"{result.objects} objects (+{result.added} ~{result.modified} -{result.removed}), "
+            f"snapshot {result.snapshot_size} bytes, {elapsed:.2f}s\n"
+            f"  notification: {result.notification}\n  rsync tree:   {result.current_tree}"
+        )
+    metrics_file = _pick(args, table, "metrics_file")
+    if metrics_file is not None:
+        labels = {"rsync_base": opts.rsync_base.uri}
+        metrics: list[Metric] = [
+            (
+                "rpkirepo_publish_serial",
+                "gauge",
+                "RRDP serial after the run",
+                result.serial,
+                labels,
+            ),
+            ("rpkirepo_publish_objects", "gauge", "Objects published", result.objects, labels),
+            (
+                "rpkirepo_publish_last_run_timestamp_seconds",
+                "gauge",
+                "End of the last run",
+                time.time(),
+                labels,
+            ),
+            (
+                "rpkirepo_publish_duration_seconds",
+                "gauge",
+                "Duration of the last run",
+                elapsed,
+                labels,
+            ),
+            (
+                "rpkirepo_publish_snapshot_bytes",
+                "gauge",
+                "Snapshot size",
+                result.snapshot_size,
+                labels,
+            ),
+            (
+                "rpkirepo_publish_changed_objects",
+                "gauge",
+                "Objects changed by the last run",
+                result.added + result.modified + result.removed,
+                labels,
+            ),
+            (
+                "rpkirepo_publish_skipped_files",
+                "gauge",
+                "Source files skipped as invalid",
+                len(result.skipped),
+                labels,
+            ),
+        ]
+        write_textfile(Path(metrics_file), metrics)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace, config: Config) -> int:
+    from rpkirepo.objects import read_object
+
+    status = 0
+    for path in args.files:
+        try:
+            data = path.read_bytes()
+            obj = read_object(data, name=path.name, limits=config.limits)
+        except OSError as exc:
+            print(f"{path}: error: cannot read: {exc.strerror}", file=sys.stderr)
+            status = 1
+            continue
+        except RpkiRepoError as exc:
+            print(f"{path}: error {exc}", file=sys.stderr)
+            status = 1
+            continue
+        doc = {k: _plain(v) for k, v in dataclasses.asdict(obj).items()}
+        if args.json:
+            print(json.dumps({"file": str(path), **doc}, default=str))
+        else:
+            print(f"{path}:")
+            for key, value in doc.items():
+                print(f"  {key}: {value}")
+    return status
+
+
+def _plain(value: object) -> object:
+    """JSON- and print-friendly form of reader values (bytes as hex, the rest as text)."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def limits_markdown() -> str:
+    """docs/limits.md, generated from :class:`Limits` (a test keeps the file in step)."""
+    lines = [
+        "# Limits",
+        "",
+        "Every hard limit on untrusted or operator input. Override any of them in the `[limits]`",
+        "table of the configuration file; `rpkirepo limits` shows the values in force.",
+        "Generated by `rpkirepo limits --markdown`.",
+        "",
+        "| name | default | what it guards |",
+        "|---|---|---|",
+    ]
+    lines += [f"| `{n}` | {d:,} | {doc} |" for n, d, doc in Limits.documentation()]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_limits(args: argparse.Namespace, config: Config) -> int:
+    if args.markdown:
+        sys.stdout.write(limits_markdown())
+        return 0
+    current = config.limits
+    for name, default, doc in Limits.documentation():
+        value = getattr(current, name)
+        note = "" if value == default else f" (configured: {value})"
+        print(f"{name} = {default}{note}\n    {doc}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        config = load_config(args.config)
+        log_table = config.table("log")
+        verbosity = -1 if args.quiet else args.verbose
+        if not args.quiet and not args.verbose and "level" in log_table:
+            verbosity = {"error": -1, "warning": 0, "info": 1, "debug": 2}.get(
+                str(log_table["level"]), 0
+            )
+        setup_logging(verbosity, args.log_format or str(log_table.get("format", "text")))
+        func: Callable[[argparse.Namespace, Config], int] = args.func
+        return func(args, config)
+    except RpkiRepoError as exc:
+        if exc.reason == Reason.USAGE:
+            parser.error(str(exc))
+        print(f"rpkirepo: error {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("rpkirepo: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

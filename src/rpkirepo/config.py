@@ -1,0 +1,67 @@
+"""The TOML configuration file: read once, checked once, merged under the command-line flags.
+
+Layout (every table optional)::
+
+    [log]
+    level = "info"            # error | warning | info | debug
+    format = "text"           # text | json
+
+    [limits]                  # any name from `rpkirepo limits`
+    max_object_size = 8388608
+
+    [publish]                 # any long flag of `rpkirepo publish`, with _ for -
+    source_dir = "/var/lib/ca/out"
+    rsync_base = "rsync://rpki.example.net/repo/"
+    https_base = "https://rrdp.example.net/rrdp/"
+    state_dir = "/var/lib/rpkirepo"
+    cleanup_after = 7200
+
+Precedence: command-line flag, then the file, then the built-in default.  Unknown tables or keys
+are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rpkirepo.errors import ConfigError, Reason
+from rpkirepo.limits import DEFAULT_LIMITS, Limits
+
+__all__ = ["Config", "load_config"]
+
+KNOWN_TABLES = frozenset({"log", "limits", "publish"})
+
+
+class Config:
+    """The parsed file: tables as plain mappings, limits as a checked :class:`Limits`."""
+
+    def __init__(self, tables: Mapping[str, Mapping[str, Any]], source: Path | None) -> None:
+        self.tables = tables
+        self.source = source
+        self.limits: Limits = DEFAULT_LIMITS.override(dict(tables.get("limits", {})))
+
+    def table(self, name: str) -> Mapping[str, Any]:
+        return self.tables.get(name, {})
+
+
+def load_config(path: Path | None) -> Config:
+    if path is None:
+        return Config({}, None)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(
+            Reason.CONFIG_INVALID, f"cannot read: {exc.strerror}", path=str(path)
+        ) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(Reason.CONFIG_INVALID, f"not valid TOML: {exc}", path=str(path)) from exc
+    for key, value in data.items():
+        if key not in KNOWN_TABLES:
+            raise ConfigError(Reason.CONFIG_UNKNOWN_KEY, "unknown table", key=key, path=str(path))
+        if not isinstance(value, dict):
+            raise ConfigError(Reason.CONFIG_INVALID, "expected a table", key=key, path=str(path))
+    return Config(data, path)

@@ -1,0 +1,986 @@
+"""One publish run, as a numbered recipe.
+
+1. Lock the state directory (two runs never overlap).
+2. Open the state.  Missing, corrupt, of another schema, or for other base URIs: start a new
+   session (RFC 8182 §3.3.1; BCP: any loss of state means a new session), and retire everything
+   already in the output directories (deleted after the grace period, never at once).
+3. Recover: make the visible outputs (``current`` symlink, notification) agree with the committed
+   state, after checking that every file the notification names exists with its recorded size;
+   remove leftovers of a crashed run (never visible to clients).
+4. Scan the source by stat signature; read and hash only files whose signature changed.
+   Bad files stop the run before anything is written (or are skipped with --skip-invalid).
+5. Nothing changed: stop, writing nothing (only the stat signatures are refreshed).
+6. Write, invisible to clients: the new objects into an rsync revision tree under a temporary
+   name, the delta, the snapshot (from buckets, see :mod:`rpkirepo.publish.snapshot`) and their
+   ``.gz`` siblings under ``<session>/<serial>/<random>/``.
+7. Flush the filesystems (``syncfs``), then commit the state: the run's single commit point.
+8. Make visible: swap ``current``, then write the notification (tmp, fsync, rename) last.
+9. Collect garbage: files and trees whose grace period (counted from when they stopped being
+   referenced) has passed.
+
+A crash before 7 leaves only invisible leftovers (removed at the next run's step 3); a crash after
+7 is completed by the next run's step 3.  Either way a client only ever sees a notification whose
+files exist, and a ``current`` tree that is complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from rpkirepo.errors import InputError, Reason, RpkiRepoError, StorageError
+from rpkirepo.fsutil import (
+    TMP_PREFIX,
+    DirLock,
+    atomic_write,
+    fsync_dir,
+    remove_tree,
+    replace_symlink,
+    sync_filesystem,
+)
+from rpkirepo.limits import DEFAULT_LIMITS, Limits
+from rpkirepo.objects import mtime_of
+from rpkirepo.publish.rsync_tree import TreeWriter, reuse_tree, slot_name
+from rpkirepo.publish.snapshot import (
+    BucketCopy,
+    BucketNew,
+    SnapshotFiles,
+    compress_buckets,
+    gzip_bytes,
+    split_bucket_lines,
+    write_snapshot,
+)
+from rpkirepo.publish.source import SourceEntry, read_source, scan_source
+from rpkirepo.publish.state import DeltaRow, ObjectRow, SlotRow, State
+from rpkirepo.rrdp.model import (
+    DeltaRef,
+    FileKind,
+    NotificationFile,
+    SessionId,
+    Sha256,
+    SnapshotRef,
+)
+from rpkirepo.rrdp.writer import (
+    delta_start,
+    end_tag,
+    notification_bytes,
+    publish_element,
+    withdraw_element,
+)
+from rpkirepo.uri import HttpsUri, RsyncUri
+
+__all__ = ["PublishOptions", "PublishResult", "publish"]
+
+log = logging.getLogger("rpkirepo.publish")
+
+NOTIFICATION_NAME: Final = "notification.xml"
+STATE_DB: Final = "publish.db"
+#: Average objects per snapshot bucket aimed at; buckets split when they average 4x this.
+BUCKET_TARGET: Final = 16
+#: Up to this many changed objects, each written file is fsynced; beyond, one syncfs.
+FSYNC_EACH_MAX: Final = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class PublishOptions:
+    """What one ``rpkirepo publish`` run needs.  Defaults follow the publication-server BCP."""
+
+    source_dir: Path
+    rsync_base: RsyncUri
+    https_base: HttpsUri
+    rrdp_dir: Path
+    rsync_dir: Path
+    state_dir: Path
+    #: Seconds a file or tree stays after it stopped being referenced (BCP: 2 h).
+    grace: float = 7200.0
+    #: Most deltas listed in the notification (their total size never exceeds the snapshot's).
+    delta_max_count: int = 100
+    #: Oldest delta listed, in seconds.
+    delta_max_age: float = 86400.0
+    gzip_level: int = 6
+    skip_invalid: bool = False
+    rsync_include_host: bool = False
+    #: Most rsync revision trees kept; past it the oldest is reused before its grace ends.
+    rsync_max_revisions: int = 200
+    #: Bytes of changed objects kept in memory between scan and write (beyond: read again).
+    memory_budget: int = 256 * 1024 * 1024
+    limits: Limits = DEFAULT_LIMITS
+    workers: int = max(1, os.cpu_count() or 1)
+    clock: Callable[[], float] = field(default=time.time, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    session_id: str
+    serial: int
+    changed: bool
+    new_session_reason: Reason | None
+    added: int
+    modified: int
+    removed: int
+    objects: int
+    snapshot_size: int
+    skipped: tuple[InputError, ...]
+    notification: Path
+    current_tree: Path
+
+
+Progress = Callable[[str, int, int], None]
+
+
+def _no_progress(stage: str, done: int, total: int) -> None:
+    return None
+
+
+@dataclass(slots=True)
+class _Change:
+    """A new or modified object found by the scan."""
+
+    entry: SourceEntry
+    sha256: bytes
+    data: bytes | None  # None when dropped to respect the memory budget
+    old: ObjectRow | None
+
+
+def _bucket_of(path: str, bits: int) -> int:
+    return zlib.crc32(path.encode("ascii")) & ((1 << bits) - 1)
+
+
+def _bits_for(count: int) -> int:
+    bits = 0
+    while (count >> bits) > BUCKET_TARGET:
+        bits += 1
+    return bits
+
+
+class _Run:
+    def __init__(self, opts: PublishOptions, progress: Progress) -> None:
+        self.o = opts
+        self.progress = progress
+        self.now = opts.clock()
+        self.revisions = opts.rsync_dir / "revisions"
+        self.current_link = opts.rsync_dir / "current"
+        self.notification_path = opts.rrdp_dir / NOTIFICATION_NAME
+        base_path = opts.rsync_base.path
+        prefix = (base_path + "/") if base_path else ""
+        if opts.rsync_include_host:
+            prefix = f"{opts.rsync_base.host}/{opts.rsync_base.module}/{prefix}"
+        self.prefix = prefix
+        self.executor = ThreadPoolExecutor(max_workers=opts.workers)
+
+    # --- helpers ---
+
+    def uri(self, path: str) -> RsyncUri:
+        return RsyncUri(self.o.rsync_base.uri + path)
+
+    def https(self, rel: str) -> HttpsUri:
+        return HttpsUri(self.o.https_base.uri + rel)
+
+    def notification_from_state(self, state: State) -> NotificationFile:
+        session = SessionId(_need(state.get("session")))
+        serial = int(_need(state.get("serial")))
+        snap = SnapshotRef(
+            self.https(_need(state.get("snapshot_path"))),
+            Sha256(bytes.fromhex(_need(state.get("snapshot_hash")))),
+        )
+        deltas = tuple(
+            DeltaRef(d.serial, self.https(d.path), Sha256(d.sha256)) for d in state.deltas()
+        )
+        return NotificationFile(session, serial, snap, deltas)
+
+    def referenced_files(self, state: State) -> dict[str, int]:
+        """RRDP files the committed notification names (and their .gz), with expected sizes."""
+        files: dict[str, int] = {}
+        snap = _need(state.get("snapshot_path"))
+        files[snap] = int(_need(state.get("snapshot_size")))
+        files[snap + ".gz"] = -1
+        for d in state.deltas():
+            files[d.path] = d.size
+            files[d.path + ".gz"] = -1
+        return files
+
+    # --- step 2: state ---
+
+    def open_state(self) -> tuple[State, Reason | None]:
+        db = self.o.state_dir / STATE_DB
+        try:
+            state = State.open_existing(db)
+        except StorageError as exc:
+            if exc.reason != Reason.STATE_MISSING:
+                log.warning("state unusable, starting a new session", extra={"reason": exc.reason})
+                if db.exists():
+                    os.replace(db, db.with_name(f"{STATE_DB}.bad-{int(self.now)}"))
+            return State.create(db), exc.reason
+        if state.get("session") is None:
+            return state, Reason.STATE_MISSING
+        if (
+            state.get("rsync_base") != self.o.rsync_base.uri
+            or state.get("https_base") != self.o.https_base.uri
+            or state.get("prefix") != self.prefix
+        ):
+            log.warning(
+                "base URIs changed, starting a new session",
+                extra={"reason": Reason.STATE_INCOMPATIBLE},
+            )
+            state.close()
+            return State.create(db), Reason.STATE_INCOMPATIBLE
+        return state, None
+
+    # --- step 3: recovery ---
+
+    def recover(self, state: State) -> Reason | None:
+        """Bring visible outputs in line with the committed state; a reason means start anew."""
+        slots = state.slots()
+        current = [s for s in slots if s.retired_at is None]
+        if len(current) != 1 or not (self.revisions / current[0].name).is_dir():
+            return Reason.STATE_OUTPUT_MISMATCH
+        gone = [
+            s for s in slots if s.retired_at is not None and not (self.revisions / s.name).is_dir()
+        ]
+        if gone:
+            state.begin()
+            for s in gone:
+                state.drop_slot(s.name)
+            state.commit()
+            slots = state.slots()
+        for rel, size in self.referenced_files(state).items():
+            try:
+                st = os.stat(self.o.rrdp_dir / rel, follow_symlinks=False)
+            except OSError:
+                return Reason.STATE_OUTPUT_MISMATCH
+            if size >= 0 and st.st_size != size:
+                return Reason.STATE_OUTPUT_MISMATCH
+        target = f"revisions/{current[0].name}"
+        try:
+            link_now = os.readlink(self.current_link)
+        except OSError:
+            link_now = None
+        if link_now != target:
+            log.warning(
+                "current tree link did not match the state; repaired",
+                extra={"reason": Reason.STATE_OUTPUT_MISMATCH},
+            )
+            replace_symlink(self.current_link, target)
+        self.write_notification(state, only_if_different=True)
+        self.remove_leftovers(state, {s.name for s in slots})
+        return None
+
+    def remove_leftovers(self, state: State, known_slots: set[str]) -> None:
+        """Remove what a crashed run wrote but never made visible."""
+        for entry in os.scandir(self.revisions):
+            if entry.name not in known_slots:
+                log.info(
+                    "removing unpublished tree %s",
+                    entry.name,
+                    extra={"reason": Reason.STORAGE_UNEXPECTED},
+                )
+                remove_tree(Path(entry.path))
+        session = _need(state.get("session"))
+        keep = set(self.referenced_files(state)) | set(state.retired())
+        session_dir = self.o.rrdp_dir / session
+        if session_dir.is_dir():
+            for dirpath, _dirnames, filenames in os.walk(session_dir):
+                for name in filenames:
+                    rel = os.path.relpath(os.path.join(dirpath, name), self.o.rrdp_dir)
+                    if rel not in keep:
+                        log.info(
+                            "removing unpublished file %s",
+                            rel,
+                            extra={"reason": Reason.STORAGE_UNEXPECTED},
+                        )
+                        os.unlink(os.path.join(dirpath, name))
+            _prune_empty_dirs(session_dir)
+        for name in os.listdir(self.o.rrdp_dir):
+            if name.startswith(TMP_PREFIX):
+                (self.o.rrdp_dir / name).unlink(missing_ok=True)
+
+    def retire_everything(self, state: State) -> None:
+        """A new session: every file and tree already present goes into the grace queue."""
+        for dirpath, _d, filenames in os.walk(self.o.rrdp_dir):
+            for name in filenames:
+                rel = os.path.relpath(os.path.join(dirpath, name), self.o.rrdp_dir)
+                if rel in (NOTIFICATION_NAME, NOTIFICATION_NAME + ".gz") or name.startswith(
+                    TMP_PREFIX
+                ):
+                    continue
+                state.retire(rel, self.now)
+        for entry in os.scandir(self.revisions):
+            if entry.name.startswith(TMP_PREFIX):
+                remove_tree(Path(entry.path))
+            else:
+                state.put_slot(SlotRow(entry.name, 0, self.now))
+
+    # --- step 4: scan ---
+
+    def scan(
+        self, old: dict[str, ObjectRow]
+    ) -> tuple[
+        dict[str, SourceEntry], list[_Change], list[ObjectRow], list[str], tuple[InputError, ...]
+    ]:
+        o = self.o
+        result = scan_source(o.source_dir, o.limits)
+        if result.problems and not o.skip_invalid:
+            first = result.problems[0]
+            raise InputError(
+                first.reason,
+                f"{len(result.problems)} unusable file(s) in the source directory; first: "
+                f"{first.detail} (use --skip-invalid to publish the rest)",
+                **first.context,
+            )
+        for p in result.problems:
+            log.warning(
+                "skipping %s: %s", p.context.get("path"), p.detail, extra={"reason": p.reason}
+            )
+        entries = result.entries
+        changes: list[_Change] = []
+        touched: list[ObjectRow] = []
+        kept_bytes = 0
+        for path, e in entries.items():
+            row = old.get(path)
+            if row is not None and (row.st_size, row.st_mtime_ns, row.st_ctime_ns, row.st_ino) == (
+                e.st_size,
+                e.st_mtime_ns,
+                e.st_ctime_ns,
+                e.st_ino,
+            ):
+                continue
+            if not old:
+                changes.append(_Change(e, b"", None, None))  # first run: read once, later
+                continue
+            data = read_source(o.source_dir, e, o.limits)
+            sha = Sha256.of(data).digest
+            if row is not None and row.sha256 == sha:
+                touched.append(
+                    ObjectRow(
+                        path,
+                        sha,
+                        row.size,
+                        row.mtime,
+                        e.st_size,
+                        e.st_mtime_ns,
+                        e.st_ctime_ns,
+                        e.st_ino,
+                        row.bucket,
+                    )
+                )
+                continue
+            keep = kept_bytes + len(data) <= o.memory_budget
+            kept_bytes += len(data) if keep else 0
+            changes.append(_Change(e, sha, data if keep else None, row))
+        removed = [p for p in old if p not in entries]
+        return entries, changes, touched, removed, tuple(result.problems)
+
+    def load(self, change: _Change) -> bytes:
+        """The bytes of a changed object, re-read (and re-checked) if not kept in memory."""
+        if change.data is not None:
+            return change.data
+        data = read_source(self.o.source_dir, change.entry, self.o.limits)
+        sha = Sha256.of(data).digest
+        if change.sha256 and sha != change.sha256:
+            raise InputError(
+                Reason.SOURCE_CHANGED_DURING_READ,
+                "content changed during the run",
+                path=change.entry.path,
+            )
+        change.sha256 = sha
+        return data
+
+    # --- step 9: garbage ---
+
+    def collect_garbage(self, state: State) -> None:
+        deadline = self.now - self.o.grace
+        state.begin()
+        try:
+            for rel, when in state.retired().items():
+                if when <= deadline:
+                    path = self.o.rrdp_dir / rel
+                    path.unlink(missing_ok=True)
+                    state.forget_retired(rel)
+                    _prune_upwards(path.parent, self.o.rrdp_dir)
+            free = [
+                s for s in state.slots() if s.retired_at is not None and s.retired_at <= deadline
+            ]
+            # Keep the newest expired tree of this session for reuse by the next run; remove the
+            # others (serial 0 marks trees of an earlier session: never reused).
+            free.sort(key=lambda s: s.serial)
+            reusable = [s for s in free if s.serial > 0][-1:]
+            for s in free:
+                if s in reusable:
+                    continue
+                # Out of service first (atomic rename), so a crash mid-removal never leaves a
+                # half-deleted tree under a name the state still lists.
+                doomed = self.revisions / f"{TMP_PREFIX}gc-{s.name}"
+                os.rename(self.revisions / s.name, doomed)
+                remove_tree(doomed)
+                state.drop_slot(s.name)
+            state.commit()
+        except BaseException:
+            state.rollback()
+            raise
+
+    def write_notification(self, state: State, *, only_if_different: bool = False) -> None:
+        data = notification_bytes(self.notification_from_state(state))
+        if only_if_different:
+            try:
+                if self.notification_path.read_bytes() == data:
+                    return
+            except OSError:
+                pass
+            log.warning(
+                "notification did not match the state; rewritten",
+                extra={"reason": Reason.STATE_OUTPUT_MISMATCH},
+            )
+        atomic_write(
+            self.notification_path.with_name(NOTIFICATION_NAME + ".gz"),
+            gzip_bytes(data, self.o.gzip_level),
+        )
+        atomic_write(self.notification_path, data)
+
+    # --- steps 6-8: a new serial ---
+
+    def new_serial(
+        self,
+        state: State,
+        old: dict[str, ObjectRow],
+        entries: dict[str, SourceEntry],
+        changes: list[_Change],
+        touched: list[ObjectRow],
+        removed: list[str],
+        new_session: bool,
+    ) -> tuple[str, int, int]:
+        o = self.o
+        if new_session:
+            session = str(uuid.uuid4())
+            serial = 1
+        else:
+            session = _need(state.get("session"))
+            serial = int(_need(state.get("serial"))) + 1
+        session_id = SessionId(session)
+        old_bits = int(state.get("bucket_bits") or 0)
+        bits = old_bits
+        rebucket = new_session or (len(entries) >> bits) > 4 * BUCKET_TARGET
+        if rebucket:
+            bits = _bits_for(len(entries))
+            if not new_session:
+                log.info(
+                    "snapshot buckets resized %d -> %d bits",
+                    old_bits,
+                    bits,
+                    extra={"reason": "rebucket"},
+                )
+        rel_dir = f"{session}/{serial}/{secrets.token_urlsafe(12)}"
+        out_dir = o.rrdp_dir / rel_dir
+        os.makedirs(out_dir, mode=0o755)
+
+        changed_paths = {c.entry.path: c for c in changes}
+        # New index rows: unchanged rows keep their bucket unless re-bucketing.
+        new_rows: dict[str, ObjectRow] = {}
+        current_slot = next((s for s in state.slots() if s.retired_at is None), None)
+        link_source = (
+            self.revisions / current_slot.name
+            if current_slot is not None and not new_session
+            else None
+        )
+
+        # --- rsync tree: pick a tree to bring forward, or make a new one ---
+        tree, base_serial = self.pick_tree(state, link_source, new_session)
+        # Durability: a small update fsyncs exactly what it wrote (O(k)); a large one, or a
+        # fresh tree full of new links, flushes the filesystem once (syncfs).
+        small = base_serial >= 0 and len(changes) + len(removed) <= FSYNC_EACH_MAX
+        tree.fsync_files = small
+
+        # --- objects: read the changed ones, write them into the tree, build index rows ---
+        total = len(changes)
+        kept = 0
+        for i, c in enumerate(changes):
+            data = self.load(c)
+            t = mtime_of(data, c.entry.path)
+            mtime = t.seconds if t.seconds >= 0 else int(self.now)
+            if t.seconds < 0:
+                log.info(
+                    "no time in %s, mtime is the publication time",
+                    c.entry.path,
+                    extra={"reason": t.reason or Reason.OBJECT_MALFORMED},
+                )
+            tree.write(c.entry.path, data, mtime)
+            # Keep bytes for the delta and snapshot within the budget; past it they are read
+            # back from the tree just written.
+            if kept + len(data) <= o.memory_budget:
+                c.data = data
+                kept += len(data)
+            else:
+                c.data = None
+            e = c.entry
+            new_rows[e.path] = ObjectRow(
+                e.path,
+                c.sha256,
+                len(data),
+                mtime,
+                e.st_size,
+                e.st_mtime_ns,
+                e.st_ctime_ns,
+                e.st_ino,
+                _bucket_of(e.path, bits),
+            )
+            if i % 2048 == 0:
+                self.progress("objects", i, total)
+        self.progress("objects", total, total)
+        if not new_session:
+            self.bring_forward(state, old, tree, base_serial, changed_paths, set(removed))
+        tree.finish()
+
+        # --- delta (not for a new session: serial 1 has none) ---
+        delta_row: DeltaRow | None = None
+        if not new_session:
+            delta_row = self.write_delta(session_id, serial, rel_dir, changes, removed, old, tree)
+
+        # --- snapshot ---
+        snap = self.write_snapshot_files(
+            state,
+            session_id,
+            serial,
+            rel_dir,
+            bits,
+            rebucket,
+            old,
+            new_rows,
+            changes,
+            removed,
+            tree,
+        )
+
+        # --- state for the new serial ---
+        state.begin()
+        try:
+            if not new_session:
+                state.delete_objects(removed)
+            if rebucket and not new_session:
+                # Every row moves to its new bucket.
+                moved = (
+                    ObjectRow(
+                        r.path,
+                        r.sha256,
+                        r.size,
+                        r.mtime,
+                        r.st_size,
+                        r.st_mtime_ns,
+                        r.st_ctime_ns,
+                        r.st_ino,
+                        _bucket_of(r.path, bits),
+                    )
+                    for p, r in old.items()
+                    if p not in changed_paths and p not in set(removed)
+                )
+                state.put_objects(moved)
+            state.put_objects(new_rows.values())
+            state.update_stat(touched)
+            state.replace_buckets(snap.spans)
+            old_snapshot = state.get("snapshot_path")
+            if old_snapshot is not None and not new_session:
+                state.retire(old_snapshot, self.now)
+                state.retire(old_snapshot + ".gz", self.now)
+            for key, value in (
+                ("session", session),
+                ("serial", serial),
+                ("rsync_base", o.rsync_base.uri),
+                ("https_base", o.https_base.uri),
+                ("prefix", self.prefix),
+                ("bucket_bits", bits),
+                ("snapshot_path", f"{rel_dir}/snapshot.xml"),
+                ("snapshot_hash", snap.hash.hex),
+                ("snapshot_size", snap.size),
+            ):
+                state.set(key, value)
+            if delta_row is not None:
+                state.add_delta(delta_row)
+            self.trim_deltas(state, snap.size)
+            state.log_changes(
+                serial,
+                [(c.entry.path, c.sha256) for c in changes] + [(p, None) for p in removed],
+            )
+            # Trees: the new one is current, the previous current one starts its grace.
+            for s in state.slots():
+                if s.retired_at is None:
+                    state.put_slot(SlotRow(s.name, s.serial, self.now))
+            name = slot_name(session, serial)
+            tree.rename_to(self.revisions / name)
+            state.put_slot(SlotRow(name, serial, None))
+            oldest = min((s.serial for s in state.slots() if s.serial > 0), default=serial)
+            state.prune_changes(oldest)
+            if small:
+                for name_ in ("snapshot.xml", "snapshot.xml.gz", "delta.xml", "delta.xml.gz"):
+                    _fsync_path(out_dir / name_)
+                for d in (
+                    out_dir,
+                    out_dir.parent,
+                    out_dir.parent.parent,
+                    o.rrdp_dir,
+                    self.revisions,
+                ):
+                    fsync_dir(d)
+            else:
+                sync_filesystem(o.rrdp_dir)
+                sync_filesystem(o.rsync_dir)
+            state.commit()  # ---- the commit point ----
+        except BaseException:
+            state.rollback()
+            raise
+        replace_symlink(self.current_link, f"revisions/{name}")
+        self.write_notification(state)
+        return session, serial, snap.size
+
+    def pick_tree(
+        self, state: State, link_source: Path | None, new_session: bool
+    ) -> tuple[TreeWriter, int]:
+        """A tree to bring to the new serial: an expired one from the ring, or a new one."""
+        o = self.o
+        if new_session or link_source is None:
+            return TreeWriter.new_tree(self.revisions, self.prefix, None), 0
+        slots = [s for s in state.slots() if s.retired_at is not None and s.serial > 0]
+        deadline = self.now - o.grace
+        expired = [s for s in slots if s.retired_at is not None and s.retired_at <= deadline]
+        choice: SlotRow | None = None
+        if expired:
+            choice = max(expired, key=lambda s: s.serial)
+        elif len(slots) + 1 >= o.rsync_max_revisions and slots:
+            choice = min(slots, key=lambda s: s.serial)
+            log.warning(
+                "rsync tree %s reused before its grace period ended",
+                choice.name,
+                extra={"reason": "rsync-grace-shortened"},
+            )
+        if choice is None:
+            tree = TreeWriter.new_tree(self.revisions, self.prefix, link_source)
+            return tree, -1
+        # Drop it from the state now (in memory transaction at commit); rename out of service.
+        tree = reuse_tree(self.revisions, choice.name, self.prefix, link_source)
+        state.begin()
+        state.drop_slot(choice.name)
+        state.commit()
+        return tree, choice.serial
+
+    def bring_forward(
+        self,
+        state: State,
+        old: dict[str, ObjectRow],
+        tree: TreeWriter,
+        base_serial: int,
+        changed_now: dict[str, _Change],
+        removed_now: set[str],
+    ) -> None:
+        """Make ``tree`` equal to the new revision.
+
+        ``base_serial`` -1: a fresh tree; every unchanged object is linked from the current tree.
+        Otherwise the tree holds revision ``base_serial``: replay the change log after it.
+        """
+        if base_serial < 0:
+            n = len(old)
+            for i, path in enumerate(old):
+                if path in changed_now or path in removed_now:
+                    continue
+                tree.link(path)
+                if i % 8192 == 0:
+                    self.progress("tree", i, n)
+            self.progress("tree", n, n)
+            return
+        final: dict[str, bytes | None] = {}
+        for _serial, path, sha in state.changes_after(base_serial):
+            final[path] = sha
+        for path, sha in final.items():
+            if path in changed_now or path in removed_now:
+                continue  # written (or to be removed) by this run
+            if sha is None:
+                tree.remove(path)
+            else:
+                tree.link(path)
+        for path in removed_now:
+            tree.remove(path)
+
+    def write_delta(
+        self,
+        session_id: SessionId,
+        serial: int,
+        rel_dir: str,
+        changes: list[_Change],
+        removed: list[str],
+        old: dict[str, ObjectRow],
+        tree: TreeWriter,
+    ) -> DeltaRow:
+        """RFC 8182 §3.5.3: one delta with every change of this serial."""
+        pieces = [delta_start(session_id, serial)]
+        items: list[tuple[str, bytes]] = []
+        for c in changes:
+            data = c.data if c.data is not None else _read_tree(tree, c.entry.path)
+            replaces = Sha256(c.old.sha256) if c.old is not None else None
+            items.append((c.entry.path, publish_element(self.uri(c.entry.path), data, replaces)))
+        for p in removed:
+            items.append((p, withdraw_element(self.uri(p), Sha256(old[p].sha256))))
+        items.sort()
+        pieces.extend(piece for _p, piece in items)
+        pieces.append(end_tag(FileKind.DELTA))
+        data = b"".join(pieces)
+        path = self.o.rrdp_dir / rel_dir / "delta.xml"
+        _write_new(path, data)
+        _write_new(path.with_name("delta.xml.gz"), gzip_bytes(data, self.o.gzip_level))
+        return DeltaRow(serial, f"{rel_dir}/delta.xml", Sha256.of(data).digest, len(data), self.now)
+
+    def trim_deltas(self, state: State, snapshot_size: int) -> None:
+        """RFC 8182 §3.3.2: listed deltas never add up to more than the snapshot; plus caps."""
+        deltas = state.deltas()
+        total = 0
+        keep_from = len(deltas)
+        for i in range(len(deltas) - 1, -1, -1):
+            d = deltas[i]
+            total += d.size
+            if (
+                total > snapshot_size
+                or len(deltas) - i > self.o.delta_max_count
+                or self.now - d.made > self.o.delta_max_age
+            ):
+                break
+            keep_from = i
+        for d in deltas[:keep_from]:
+            state.drop_delta(d.serial)
+            state.retire(d.path, self.now)
+            state.retire(d.path + ".gz", self.now)
+
+    def write_snapshot_files(
+        self,
+        state: State,
+        session_id: SessionId,
+        serial: int,
+        rel_dir: str,
+        bits: int,
+        rebucket: bool,
+        old: dict[str, ObjectRow],
+        new_rows: dict[str, ObjectRow],
+        changes: list[_Change],
+        removed: list[str],
+        tree: TreeWriter,
+    ) -> SnapshotFiles:
+        o = self.o
+        out = o.rrdp_dir / rel_dir
+        changed = {c.entry.path: c for c in changes}
+        removed_set = set(removed)
+        prev_path = state.get("snapshot_path")
+        previous = (
+            (o.rrdp_dir / prev_path, o.rrdp_dir / (prev_path + ".gz"))
+            if prev_path is not None and not rebucket
+            else None
+        )
+        spans = state.buckets() if previous is not None else {}
+        # Members of each bucket after this serial.
+        dirty: set[int] = set()
+        if rebucket:
+            members: dict[int, list[str]] = {}
+            for p in old:
+                if p not in removed_set and p not in changed:
+                    members.setdefault(_bucket_of(p, bits), []).append(p)
+            for p in new_rows:
+                members.setdefault(_bucket_of(p, bits), []).append(p)
+            dirty = set(members)
+        else:
+            for p in removed_set:
+                dirty.add(old[p].bucket)
+            for r in new_rows.values():
+                dirty.add(r.bucket)
+            members = {b: [] for b in dirty}
+            for p, r in old.items():
+                if r.bucket in dirty and p not in removed_set and p not in changed:
+                    members[r.bucket].append(p)
+            for p, r in new_rows.items():
+                members[r.bucket].append(p)
+        # Order: previous snapshot order for existing buckets, new buckets after them.
+        order = [s.bucket for s in sorted(spans.values(), key=lambda s: s.xml_off)]
+        order += sorted(b for b in members if b not in spans)
+
+        def build(bucket: int) -> bytes:
+            names = sorted(members.get(bucket, ()))
+            reuse: dict[str, bytes] = {}
+            if bucket in spans and previous is not None:
+                s = spans[bucket]
+                with open(previous[0], "rb") as f:
+                    f.seek(s.xml_off)
+                    reuse = split_bucket_lines(f.read(s.xml_len))
+            lines = []
+            for name in names:
+                uri = self.o.rsync_base.uri + name
+                c = changed.get(name)
+                if c is None and uri in reuse:
+                    lines.append(reuse[uri])
+                    continue
+                data = c.data if c is not None and c.data is not None else _read_tree(tree, name)
+                lines.append(publish_element(self.uri(name), data))
+            return b"".join(lines)
+
+        def items() -> Iterator[BucketCopy | BucketNew]:
+            dirty_order = [b for b in order if b in dirty and members.get(b)]
+            built = compress_buckets(
+                self.executor, ((b, build(b)) for b in dirty_order), o.gzip_level, window=64
+            )
+            built_iter = iter(built)
+            n = len(order)
+            for i, b in enumerate(order):
+                if b in dirty:
+                    if members.get(b):
+                        yield next(built_iter)
+                else:
+                    yield BucketCopy(spans[b])
+                if i % 1024 == 0:
+                    self.progress("snapshot", i, n)
+            self.progress("snapshot", n, n)
+
+        return write_snapshot(
+            out / "snapshot.xml",
+            out / "snapshot.xml.gz",
+            session_id,
+            serial,
+            items(),
+            previous,
+            o.gzip_level,
+        )
+
+
+def _read_tree(tree: TreeWriter, relpath: str) -> bytes:
+    """An unchanged object's bytes, from the tree being built (it holds every current object)."""
+    path = os.path.join(tree.root, tree.prefix + relpath)
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _fsync_path(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def _need(value: str | None) -> str:
+    if value is None:
+        raise StorageError(Reason.STATE_CORRUPT, "state lacks a required value")
+    return value
+
+
+def _prune_upwards(directory: Path, stop: Path) -> None:
+    while directory != stop and stop in directory.parents:
+        try:
+            os.rmdir(directory)
+        except OSError:
+            return
+        directory = directory.parent
+
+
+def _prune_empty_dirs(root: Path) -> None:
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        if not dirnames and not filenames and Path(dirpath) != root:
+            try:
+                os.rmdir(dirpath)
+            except OSError:
+                continue
+
+
+def publish(opts: PublishOptions, progress: Progress = _no_progress) -> PublishResult:
+    """Run the recipe above once.  Raises :class:`RpkiRepoError` subclasses only on purpose."""
+    if not opts.rsync_base.is_directory or not opts.https_base.is_directory:
+        raise InputError(Reason.USAGE, "base URIs must end with a slash")
+    for d in (opts.state_dir, opts.rrdp_dir, opts.rsync_dir, opts.rsync_dir / "revisions"):
+        os.makedirs(d, mode=0o755, exist_ok=True)
+    old_umask = os.umask(0o022)
+    try:
+        with DirLock(opts.state_dir):
+            run = _Run(opts, progress)
+            try:
+                return _publish_locked(run)
+            finally:
+                run.executor.shutdown(wait=True)
+    finally:
+        os.umask(old_umask)
+
+
+def _publish_locked(run: _Run) -> PublishResult:
+    o = run.o
+    state, new_reason = run.open_state()
+    try:
+        if new_reason is None:
+            new_reason = run.recover(state)
+            if new_reason is not None:
+                log.warning(
+                    "published files do not match the state, starting a new session",
+                    extra={"reason": new_reason},
+                )
+                state.close()
+                state = State.create(o.state_dir / STATE_DB)
+        new_session = new_reason is not None
+        if new_session:
+            state.begin()
+            run.retire_everything(state)
+            state.commit()
+        old = {} if new_session else state.objects()
+        entries, changes, touched, removed, skipped = run.scan(old)
+        if not new_session and not changes and not removed:
+            if touched:
+                state.begin()
+                state.update_stat(touched)
+                state.commit()
+            run.collect_garbage(state)
+            return PublishResult(
+                session_id=_need(state.get("session")),
+                serial=int(_need(state.get("serial"))),
+                changed=False,
+                new_session_reason=None,
+                added=0,
+                modified=0,
+                removed=0,
+                objects=len(entries),
+                snapshot_size=int(_need(state.get("snapshot_size"))),
+                skipped=skipped,
+                notification=run.notification_path,
+                current_tree=run.current_link,
+            )
+        session, serial, snapshot_size = run.new_serial(
+            state, old, entries, changes, touched, removed, new_session
+        )
+        run.collect_garbage(state)
+        added = sum(1 for c in changes if c.old is None)
+        return PublishResult(
+            session_id=session,
+            serial=serial,
+            changed=True,
+            new_session_reason=new_reason,
+            added=added,
+            modified=len(changes) - added,
+            removed=len(removed),
+            objects=len(entries),
+            snapshot_size=snapshot_size,
+            skipped=skipped,
+            notification=run.notification_path,
+            current_tree=run.current_link,
+        )
+    except RpkiRepoError:
+        state.rollback()
+        raise
+    finally:
+        state.close()
