@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Real peers the tests talk to (Debian packages).
 DEB_PEERS := rsync rpki-client fort-validator octorpki nginx-light openssl ca-certificates \
-             procps util-linux
+             faketime procps util-linux
 
 .PHONY: all venv peers demo test check lint typecheck bench clean
 

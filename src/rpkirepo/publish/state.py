@@ -116,6 +116,7 @@ class State:
             raise StorageError(Reason.STATE_MISSING, "no state yet", path=str(path))
         try:
             conn = sqlite3.connect(path, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             row = conn.execute("PRAGMA quick_check").fetchone()
             if row is None or row[0] != "ok":
@@ -135,6 +136,7 @@ class State:
             Path(str(path) + suffix).unlink(missing_ok=True)
         try:
             conn = sqlite3.connect(path, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
             conn.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
