@@ -138,6 +138,7 @@ def test_relative_and_join() -> None:
     assert info.value.reason == Reason.URI_OUTSIDE_BASE
     assert uri_to_relpath(obj) == "h/m/ca/a/b.roa"
     assert uri_to_relpath(obj, include_host=False) == "m/ca/a/b.roa"
+    assert uri_to_relpath(RsyncUri("rsync://h:8873/m/x.roa")) == "h:8873/m/x.roa"
 
 
 @pytest.mark.parametrize("rel", ["../x", "a/../../x", "/etc/passwd", "", "a//b", ".", "a\\b"])

@@ -81,6 +81,7 @@ class Reason(StrEnum):
     RRDP_SERIAL_MISMATCH = "rrdp-serial-mismatch"
     RRDP_TRUNCATED = "rrdp-truncated"
     RRDP_OBJECT_TOO_SMALL = "rrdp-object-too-small"
+    RRDP_ELEMENT_ORDER = "rrdp-element-order"
 
     # --- RRDP update planning (rrdp-checklist (b)9-13): why the snapshot is taken ---
     PLAN_NO_LOCAL_STATE = "no-local-state"
@@ -111,6 +112,8 @@ class Reason(StrEnum):
     OBJECT_NO_SIGNING_TIME = "object-no-signing-time"
     OBJECT_BAD_TIME = "object-bad-time"
     OBJECT_NOT_SIGNED_DATA = "object-not-signed-data"
+    OBJECT_TEXT = "object-text"  # text (base64, PEM, CSV) where DER/BER was expected
+    OBJECT_BAD_RESOURCE = "object-bad-resource"  # RFC 3779 / ROA / ASPA value out of range
 
     # --- publish: operator input and local state ---
     SOURCE_UNREADABLE = "source-unreadable"

@@ -43,6 +43,11 @@ class Limits:
     max_xml_attribute_length: int = _limit(
         4096, "Longest XML attribute value accepted in an RRDP file."
     )
+    max_xml_markup_size: int = _limit(
+        1024 * 1024,
+        "Most bytes the RRDP parser lets the XML tokenizer hold without an event: bounds one "
+        "start tag, end tag or comment, and whitespace outside the root (gzip bombs, (c)4).",
+    )
     max_notification_size: int = _limit(
         16 * 1024 * 1024, "Largest accepted notification file (decoded bytes)."
     )

@@ -275,12 +275,15 @@ class HttpsUri:
 
 
 def uri_to_relpath(uri: RsyncUri, *, include_host: bool = True) -> str:
-    """``host/module/path`` (or ``module/path``) for a validated rsync URI, as a relative path.
+    """``host[:port]/module/path`` (or ``module/path``) for a validated rsync URI, as a relative
+    path.
 
     Every segment was validated (no ``..``, no separators, no leading dot), so the result is a
     plain relative path; :func:`path_under` re-checks it against the root anyway.
     """
-    parts = [uri.host] if include_host else []
+    # The port is part of the name: rsync://h:873/m and rsync://h:8873/m are different servers.
+    host = uri.host if uri.port is None else f"{uri.host}:{uri.port}"
+    parts = [host] if include_host else []
     parts.append(uri.module)
     if uri.path:
         parts.append(uri.path)
