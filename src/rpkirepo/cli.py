@@ -154,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--rrdp-max-deltas", type=int, help="most deltas in the notification (default 100)"
     )
     p.add_argument("--rrdp-max-delta-age", type=_duration, help="oldest delta listed (default 24h)")
-    p.add_argument("--gzip-level", type=int, choices=range(1, 10), help="default 6")
+    p.add_argument(
+        "--gzip-level", type=int, choices=range(4), help="ISA-L deflate level 0-3 (default 3)"
+    )
     p.add_argument(
         "--skip-invalid",
         action="store_true",
@@ -248,7 +250,7 @@ def cmd_publish(args: argparse.Namespace, config: Config) -> int:
         grace=float(_pick(args, table, "cleanup_after", 7200.0)),
         delta_max_count=int(_pick(args, table, "rrdp_max_deltas", 100)),
         delta_max_age=float(_pick(args, table, "rrdp_max_delta_age", 86400.0)),
-        gzip_level=int(_pick(args, table, "gzip_level", 6)),
+        gzip_level=int(_pick(args, table, "gzip_level", 3)),
         skip_invalid=bool(_pick(args, table, "skip_invalid", False)),
         rsync_include_host=bool(_pick(args, table, "rsync_include_host", False)),
         rsync_max_revisions=int(_pick(args, table, "rsync_max_revisions", 200)),

@@ -107,7 +107,8 @@ class PublishOptions:
     delta_max_count: int = 100
     #: Oldest delta listed, in seconds.
     delta_max_age: float = 86400.0
-    gzip_level: int = 6
+    #: ISA-L deflate level (0-3) of the .gz siblings.
+    gzip_level: int = 3
     skip_invalid: bool = False
     rsync_include_host: bool = False
     #: Most rsync revision trees kept; past it the oldest is reused before its grace ends.
