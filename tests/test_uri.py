@@ -148,9 +148,9 @@ def test_path_under_refuses_escapes(tmp_path: Path, rel: str) -> None:
 
 
 # Any text at all, with a bias towards the characters that make traversal attempts.
-_TRICKY = st.lists(
-    st.sampled_from([*"./\\:%@-_ab\x00\n~", "..", "//", "é", "../", "%2e%2e"])
-).map("".join)
+_TRICKY = st.lists(st.sampled_from([*"./\\:%@-_ab\x00\n~", "..", "//", "é", "../", "%2e%2e"])).map(
+    "".join
+)
 
 
 @given(st.one_of(_TRICKY, st.text()).map(lambda s: "rsync://" + s))
