@@ -30,7 +30,7 @@ def corpus_dir() -> Path:
 
 
 def require_peer(binary: str) -> str:
-    """Path of a peer program: skips locally when missing, fails in CI (RPKIREPO_REQUIRE_PEERS=1)."""
+    """Path of a peer program: skips when missing, fails in CI (RPKIREPO_REQUIRE_PEERS=1)."""
     path = shutil.which(binary) or (
         f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists() else None
     )
