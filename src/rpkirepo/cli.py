@@ -276,6 +276,7 @@ def cmd_publish(args: argparse.Namespace, config: Config) -> int:
         "notification": str(result.notification),
         "rsync_current": str(result.current_tree),
         "seconds": round(elapsed, 3),
+        "stage_seconds": {k: round(v, 4) for k, v in result.timings.items()},
     }
     if result.changed:
         log.warning(

@@ -28,10 +28,11 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import sqlite3
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,9 +87,10 @@ NOTIFICATION_NAME: Final = "notification.xml"
 STATE_DB: Final = "publish.db"
 #: Average objects per snapshot bucket aimed at; buckets split when they average 4x this.
 BUCKET_TARGET: Final = 16
-#: Up to this many changed objects, each written file is fsynced; beyond, one syncfs.  (An
-#: fsync costs ~0.5-1 ms on common virtual disks; syncfs costs whatever else is dirty.)
-FSYNC_EACH_MAX: Final = 200
+#: Up to this many changed objects, each written file and directory is fsynced; beyond, one
+#: syncfs.  (An fsync costs ~0.5-1 ms on common virtual disks; syncfs costs whatever else is
+#: dirty on the filesystem, typically tens of ms.)
+FSYNC_EACH_MAX: Final = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,9 @@ class PublishResult:
     skipped: tuple[InputError, ...]
     notification: Path
     current_tree: Path
+    #: Seconds per stage of the run (open, recover, scan, objects, tree, delta, snapshot, commit,
+    #: publish, gc).
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 Progress = Callable[[str, int, int], None]
@@ -153,6 +158,35 @@ class _Change:
     old: ObjectRow | None
 
 
+class _Index:
+    """The committed object index, loaded lazily.
+
+    A run needs every object's stat signature (to find what changed) but full rows only for
+    the changed objects and the members of dirty buckets, so only signatures are loaded whole.
+    """
+
+    def __init__(self, state: State, *, empty: bool) -> None:
+        self._state = state
+        self.sigs: dict[str, bytes] = {} if empty else self._load(state)
+        self._rows: dict[str, ObjectRow] = {}
+
+    @staticmethod
+    def _load(state: State) -> dict[str, bytes]:
+        try:
+            return state.signatures()
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(Reason.STATE_CORRUPT, str(exc)) from exc
+
+    def rows(self, paths: Iterable[str]) -> dict[str, ObjectRow]:
+        wanted = [p for p in paths if p not in self._rows]
+        if wanted:
+            self._rows.update(self._state.rows(wanted))
+        return self._rows
+
+    def row(self, path: str) -> ObjectRow:
+        return self.rows((path,))[path]
+
+
 def _bucket_of(path: str, bits: int) -> int:
     return zlib.crc32(path.encode("ascii")) & ((1 << bits) - 1)
 
@@ -166,6 +200,8 @@ def _bits_for(count: int) -> int:
 
 class _Run:
     def __init__(self, opts: PublishOptions, progress: Progress) -> None:
+        self.timings: dict[str, float] = {}
+        self._last_lap = time.perf_counter()
         self.o = opts
         self.progress = progress
         self.now = opts.clock()
@@ -178,6 +214,12 @@ class _Run:
             prefix = f"{opts.rsync_base.host}/{opts.rsync_base.module}/{prefix}"
         self.prefix = prefix
         self.executor = ThreadPoolExecutor(max_workers=opts.workers)
+
+    def lap(self, name: str) -> None:
+        """Charge the time since the previous lap to stage ``name`` (result and debug log)."""
+        now = time.perf_counter()
+        self.timings[name] = self.timings.get(name, 0.0) + now - self._last_lap
+        self._last_lap = now
 
     # --- helpers ---
 
@@ -324,12 +366,16 @@ class _Run:
     # --- step 4: scan ---
 
     def scan(
-        self, old: dict[str, ObjectRow]
+        self, index: _Index
     ) -> tuple[
-        dict[str, SourceEntry], list[_Change], list[ObjectRow], list[str], tuple[InputError, ...]
+        dict[str, SourceEntry],
+        list[_Change],
+        list[tuple[str, bytes]],
+        list[str],
+        tuple[InputError, ...],
     ]:
         o = self.o
-        result = scan_source(o.source_dir, o.limits)
+        result = scan_source(o.source_dir, o.limits, known=index.sigs)
         if result.problems and not o.skip_invalid:
             first = result.problems[0]
             raise InputError(
@@ -344,41 +390,27 @@ class _Run:
             )
         entries = result.entries
         changes: list[_Change] = []
-        touched: list[ObjectRow] = []
+        touched: list[tuple[str, bytes]] = []
         kept_bytes = 0
+        sigs = index.sigs
+        first_run = not sigs
         for path, e in entries.items():
-            row = old.get(path)
-            if row is not None and (row.st_size, row.st_mtime_ns, row.st_ctime_ns, row.st_ino) == (
-                e.st_size,
-                e.st_mtime_ns,
-                e.st_ctime_ns,
-                e.st_ino,
-            ):
+            known = sigs.get(path)
+            if known == e.sig:
                 continue
-            if not old:
-                changes.append(_Change(e, b"", None, None))  # first run: read once, later
+            if first_run:
+                changes.append(_Change(e, b"", None, None))  # read once, while writing
                 continue
             data = read_source(o.source_dir, e, o.limits)
             sha = Sha256.of(data).digest
+            row = index.row(path) if known is not None else None
             if row is not None and row.sha256 == sha:
-                touched.append(
-                    ObjectRow(
-                        path,
-                        sha,
-                        row.size,
-                        row.mtime,
-                        e.st_size,
-                        e.st_mtime_ns,
-                        e.st_ctime_ns,
-                        e.st_ino,
-                        row.bucket,
-                    )
-                )
+                touched.append((path, e.sig))  # same content, new stat signature
                 continue
             keep = kept_bytes + len(data) <= o.memory_budget
             kept_bytes += len(data) if keep else 0
             changes.append(_Change(e, sha, data if keep else None, row))
-        removed = [p for p in old if p not in entries]
+        removed = [p for p in sigs if p not in entries]
         return entries, changes, touched, removed, tuple(result.problems)
 
     def load(self, change: _Change) -> bytes:
@@ -467,10 +499,10 @@ class _Run:
     def new_serial(
         self,
         state: State,
-        old: dict[str, ObjectRow],
+        index: _Index,
         entries: dict[str, SourceEntry],
         changes: list[_Change],
-        touched: list[ObjectRow],
+        touched: list[tuple[str, bytes]],
         removed: list[str],
         new_session: bool,
     ) -> tuple[str, int, int]:
@@ -518,6 +550,7 @@ class _Run:
         # --- objects: read the changed ones, write them into the tree, build index rows ---
         total = len(changes)
         kept = 0
+        self.lap("prepare")
         for i, c in enumerate(changes):
             data = self.load(c)
             t = mtime_of(data, c.entry.path)
@@ -538,29 +571,24 @@ class _Run:
                 c.data = None
             e = c.entry
             new_rows[e.path] = ObjectRow(
-                e.path,
-                c.sha256,
-                len(data),
-                mtime,
-                e.st_size,
-                e.st_mtime_ns,
-                e.st_ctime_ns,
-                e.st_ino,
-                _bucket_of(e.path, bits),
+                e.path, c.sha256, len(data), mtime, e.sig, _bucket_of(e.path, bits)
             )
             if i % 2048 == 0:
                 self.progress("objects", i, total)
         self.progress("objects", total, total)
         if not new_session:
-            self.bring_forward(state, old, tree, base_serial, changed_paths, set(removed))
+            self.lap("objects")
+            self.bring_forward(state, index, tree, base_serial, changed_paths, set(removed))
         tree.finish()
+        self.lap("tree")
 
         # --- delta (not for a new session: serial 1 has none) ---
         delta_row: DeltaRow | None = None
         if not new_session:
-            delta_row = self.write_delta(session_id, serial, rel_dir, changes, removed, old, tree)
+            delta_row = self.write_delta(session_id, serial, rel_dir, changes, removed, index, tree)
 
         # --- snapshot ---
+        self.lap("delta")
         snap = self.write_snapshot_files(
             state,
             session_id,
@@ -568,13 +596,14 @@ class _Run:
             rel_dir,
             bits,
             rebucket,
-            old,
+            index,
             new_rows,
             changes,
             removed,
             tree,
         )
 
+        self.lap("snapshot")
         # --- state for the new serial ---
         state.begin()
         try:
@@ -582,20 +611,11 @@ class _Run:
                 state.delete_objects(removed)
             if rebucket and not new_session:
                 # Every row moves to its new bucket.
+                gone = set(removed)
                 moved = (
-                    ObjectRow(
-                        r.path,
-                        r.sha256,
-                        r.size,
-                        r.mtime,
-                        r.st_size,
-                        r.st_mtime_ns,
-                        r.st_ctime_ns,
-                        r.st_ino,
-                        _bucket_of(r.path, bits),
-                    )
-                    for p, r in old.items()
-                    if p not in changed_paths and p not in set(removed)
+                    r._replace(bucket=_bucket_of(p, bits))
+                    for p, r in state.objects().items()
+                    if p not in changed_paths and p not in gone
                 )
                 state.put_objects(moved)
             state.put_objects(new_rows.values())
@@ -647,12 +667,15 @@ class _Run:
             else:
                 sync_filesystem(o.rrdp_dir)
                 sync_filesystem(o.rsync_dir)
+            self.lap("sync")
             state.commit()  # ---- the commit point ----
+            self.lap("commit")
         except BaseException:
             state.rollback()
             raise
         replace_symlink(self.current_link, f"revisions/{name}")
         self.write_notification(state)
+        self.lap("publish")
         return session, serial, snap.size
 
     def pick_tree(
@@ -688,7 +711,7 @@ class _Run:
     def bring_forward(
         self,
         state: State,
-        old: dict[str, ObjectRow],
+        index: _Index,
         tree: TreeWriter,
         base_serial: int,
         changed_now: dict[str, _Change],
@@ -700,8 +723,8 @@ class _Run:
         Otherwise the tree holds revision ``base_serial``: replay the change log after it.
         """
         if base_serial < 0:
-            n = len(old)
-            for i, path in enumerate(old):
+            n = len(index.sigs)
+            for i, path in enumerate(index.sigs):
                 if path in changed_now or path in removed_now:
                     continue
                 tree.link(path)
@@ -729,7 +752,7 @@ class _Run:
         rel_dir: str,
         changes: list[_Change],
         removed: list[str],
-        old: dict[str, ObjectRow],
+        index: _Index,
         tree: TreeWriter,
     ) -> DeltaRow:
         """RFC 8182 §3.5.3: one delta with every change of this serial."""
@@ -739,8 +762,9 @@ class _Run:
             data = c.data if c.data is not None else _read_tree(tree, c.entry.path)
             replaces = Sha256(c.old.sha256) if c.old is not None else None
             items.append((c.entry.path, publish_element(self.uri(c.entry.path), data, replaces)))
+        gone = index.rows(removed)
         for p in removed:
-            items.append((p, withdraw_element(self.uri(p), Sha256(old[p].sha256))))
+            items.append((p, withdraw_element(self.uri(p), Sha256(gone[p].sha256))))
         items.sort()
         pieces.extend(piece for _p, piece in items)
         pieces.append(end_tag(FileKind.DELTA))
@@ -778,7 +802,7 @@ class _Run:
         rel_dir: str,
         bits: int,
         rebucket: bool,
-        old: dict[str, ObjectRow],
+        index: _Index,
         new_rows: dict[str, ObjectRow],
         changes: list[_Change],
         removed: list[str],
@@ -799,21 +823,22 @@ class _Run:
         dirty: set[int] = set()
         if rebucket:
             members: dict[int, list[str]] = {}
-            for p in old:
+            for p in index.sigs:
                 if p not in removed_set and p not in changed:
                     members.setdefault(_bucket_of(p, bits), []).append(p)
             for p in new_rows:
                 members.setdefault(_bucket_of(p, bits), []).append(p)
             dirty = set(members)
         else:
-            for p in removed_set:
-                dirty.add(old[p].bucket)
+            for r in index.rows(removed_set).values():
+                if r.path in removed_set:
+                    dirty.add(r.bucket)
             for r in new_rows.values():
                 dirty.add(r.bucket)
             members = {b: [] for b in dirty}
-            for p, r in old.items():
-                if r.bucket in dirty and p not in removed_set and p not in changed:
-                    members[r.bucket].append(p)
+            for p, bucket in state.paths_in_buckets(dirty):
+                if p not in removed_set and p not in changed:
+                    members[bucket].append(p)
             for p, r in new_rows.items():
                 members[r.bucket].append(p)
         # Order: previous snapshot order for existing buckets, new buckets after them.
@@ -944,6 +969,7 @@ def publish(opts: PublishOptions, progress: Progress = _no_progress) -> PublishR
 def _publish_locked(run: _Run) -> PublishResult:
     o = run.o
     state, new_reason = run.open_state()
+    run.lap("open")
     try:
         if new_reason is None:
             new_reason = run.recover(state)
@@ -959,14 +985,27 @@ def _publish_locked(run: _Run) -> PublishResult:
             state.begin()
             run.retire_everything(state)
             state.commit()
-        old = {} if new_session else state.objects()
-        entries, changes, touched, removed, skipped = run.scan(old)
+        try:
+            index = _Index(state, empty=new_session)
+        except StorageError as exc:
+            log.warning("state unreadable, starting a new session", extra={"reason": exc.reason})
+            state.close()
+            state = State.create(o.state_dir / STATE_DB)
+            new_session, new_reason = True, exc.reason
+            state.begin()
+            run.retire_everything(state)
+            state.commit()
+            index = _Index(state, empty=True)
+        run.lap("recover")
+        entries, changes, touched, removed, skipped = run.scan(index)
+        run.lap("scan")
         if not new_session and not changes and not removed:
             if touched:
                 state.begin()
                 state.update_stat(touched)
                 state.commit()
             run.collect_garbage(state)
+            run.lap("gc")
             return PublishResult(
                 session_id=_need(state.get("session")),
                 serial=int(_need(state.get("serial"))),
@@ -980,11 +1019,18 @@ def _publish_locked(run: _Run) -> PublishResult:
                 skipped=skipped,
                 notification=run.notification_path,
                 current_tree=run.current_link,
+                timings=run.timings,
             )
         session, serial, snapshot_size = run.new_serial(
-            state, old, entries, changes, touched, removed, new_session
+            state, index, entries, changes, touched, removed, new_session
         )
         run.collect_garbage(state)
+        run.lap("gc")
+        log.debug(
+            "stage seconds: %s",
+            " ".join(f"{k}={v:.3f}" for k, v in run.timings.items()),
+            extra={"reason": "timing"},
+        )
         added = sum(1 for c in changes if c.old is None)
         return PublishResult(
             session_id=session,
@@ -999,6 +1045,7 @@ def _publish_locked(run: _Run) -> PublishResult:
             skipped=skipped,
             notification=run.notification_path,
             current_tree=run.current_link,
+            timings=run.timings,
         )
     except RpkiRepoError:
         state.rollback()

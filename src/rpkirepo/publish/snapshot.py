@@ -106,7 +106,7 @@ class SnapshotFiles:
     spans: tuple[BucketSpan, ...]
 
 
-_COPY_CHUNK: Final = 1 << 20
+_COPY_CHUNK: Final = 4 << 20
 
 
 def _copy_range(src_fd: int, offset: int, length: int, sink: HashingSink | None, dst: int) -> None:
@@ -173,15 +173,29 @@ def write_snapshot(
         xml_pos += len(head)
         z_pos += len(head_z)
         spans: list[BucketSpan] = []
+        # Runs of clean buckets that sit back to back in the previous files are copied as one
+        # range: [xml_off, xml_end) and [z_off, z_end).
+        run = [0, 0, 0, 0]
+
+        def flush_run() -> None:
+            if run[1] > run[0]:
+                _copy_range(prev_xml_fd, run[0], run[1] - run[0], sink, xml_fd)
+                _copy_range(prev_gz_fd, run[2], run[3] - run[2], None, gz_fd)
+            run[:] = [0, 0, 0, 0]
+
         for item in buckets:
             if isinstance(item, BucketCopy):
                 s = item.span
-                _copy_range(prev_xml_fd, s.xml_off, s.xml_len, sink, xml_fd)
-                _copy_range(prev_gz_fd, s.z_off, s.z_len, None, gz_fd)
+                if run[1] != s.xml_off or run[3] != s.z_off or run[1] == run[0]:
+                    flush_run()
+                    run[:] = [s.xml_off, s.xml_off, s.z_off, s.z_off]
+                run[1] += s.xml_len
+                run[3] += s.z_len
                 spans.append(BucketSpan(s.bucket, xml_pos, s.xml_len, z_pos, s.z_len))
                 xml_pos += s.xml_len
                 z_pos += s.z_len
             else:
+                flush_run()
                 sink.write(item.xml)
                 _write_all(gz_fd, item.deflated)
                 spans.append(
@@ -189,6 +203,7 @@ def write_snapshot(
                 )
                 xml_pos += len(item.xml)
                 z_pos += len(item.deflated)
+        flush_run()
         tail = end_tag(FileKind.SNAPSHOT)
         sink.write(tail)
         tail_z = deflate_segment(tail, level, final=True)

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Container
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, NamedTuple
 
 from rpkirepo.errors import InputError, LimitExceeded, Reason, RemoteProtocolError
 from rpkirepo.limits import Limits
+from rpkirepo.publish.state import SIGNATURE
 from rpkirepo.uri import validate_segment
 
 __all__ = ["OBJECT_EXTENSIONS", "ScanResult", "SourceEntry", "read_source", "scan_source"]
@@ -38,8 +40,12 @@ class SourceEntry(NamedTuple):
     path: str
     st_size: int
     st_mtime_ns: int
-    st_ctime_ns: int
     st_ino: int
+    #: The packed signature (size, mtime_ns, ctime_ns, inode) compared with the state's.
+    sig: bytes
+
+
+_pack = SIGNATURE.pack
 
 
 @dataclass(slots=True)
@@ -48,8 +54,11 @@ class ScanResult:
     problems: list[InputError] = field(default_factory=list)
 
 
-def scan_source(root: Path, limits: Limits) -> ScanResult:
-    """Every acceptable file below ``root`` and every problem found on the way."""
+def scan_source(root: Path, limits: Limits, known: Container[str] = ()) -> ScanResult:
+    """Every acceptable file below ``root`` and every problem found on the way.
+
+    Names in ``known`` (files published before) were validated then and are not checked again.
+    """
     result = ScanResult()
     try:
         root_stat = os.lstat(root)
@@ -72,11 +81,13 @@ def scan_source(root: Path, limits: Limits) -> ScanResult:
         with it:
             for entry in it:
                 rel = prefix + entry.name
-                try:
-                    validate_segment(entry.name, what="file name", uri=rel)
-                except RemoteProtocolError as exc:
-                    problems.append(InputError(Reason.SOURCE_BAD_NAME, exc.detail, path=rel))
-                    continue
+                is_known = rel in known
+                if not is_known:
+                    try:
+                        validate_segment(entry.name, what="file name", uri=rel)
+                    except RemoteProtocolError as exc:
+                        problems.append(InputError(Reason.SOURCE_BAD_NAME, exc.detail, path=rel))
+                        continue
                 if entry.is_symlink():
                     problems.append(InputError(Reason.SOURCE_SYMLINK, "symbolic link", path=rel))
                     continue
@@ -96,7 +107,7 @@ def scan_source(root: Path, limits: Limits) -> ScanResult:
                 if not entry.is_file(follow_symlinks=False):
                     problems.append(InputError(Reason.SOURCE_SPECIAL_FILE, "not a file", path=rel))
                     continue
-                if entry.name[-4:].lower() not in OBJECT_EXTENSIONS:
+                if not is_known and entry.name[-4:].lower() not in OBJECT_EXTENSIONS:
                     problems.append(
                         InputError(
                             Reason.SOURCE_UNSUPPORTED_TYPE, "not an RPKI object extension", path=rel
@@ -124,7 +135,11 @@ def scan_source(root: Path, limits: Limits) -> ScanResult:
                     )
                     continue
                 entries[rel] = SourceEntry(
-                    rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+                    rel,
+                    st.st_size,
+                    st.st_mtime_ns,
+                    st.st_ino,
+                    _pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino),
                 )
                 if len(entries) > limits.max_source_objects:
                     raise LimitExceeded(

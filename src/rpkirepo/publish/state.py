@@ -9,7 +9,7 @@ notification) is re-derived from the committed state at the start of every run.
 Tables
   meta       key/value: schema version, session, serial, bases, bucket bits, snapshot location
   objects    one row per published object: relative path, sha256, size, rsync mtime, the source
-             file's stat signature (quick check), and its snapshot bucket
+             file's packed stat signature (quick check), and its snapshot bucket (indexed)
   buckets    byte spans of each bucket inside the current snapshot and its gzip sibling
   deltas     the deltas the notification lists (serial, path, hash, size, time made)
   changes    per-serial change log (path, new sha256 or NULL) to bring old rsync trees up to date
@@ -20,15 +20,17 @@ Tables
 from __future__ import annotations
 
 import sqlite3
+import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from rpkirepo.errors import Reason, StorageError
 
 __all__ = [
     "SCHEMA_VERSION",
+    "SIGNATURE",
     "BucketSpan",
     "DeltaRow",
     "ObjectRow",
@@ -36,15 +38,18 @@ __all__ = [
     "State",
 ]
 
-SCHEMA_VERSION: Final = "1"
+SCHEMA_VERSION: Final = "2"
+
+#: A source file's stat signature packed into one value: size, mtime_ns, ctime_ns, inode.
+SIGNATURE: Final = struct.Struct("<qqqQ")
 
 _SCHEMA: Final = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE objects (
     path TEXT PRIMARY KEY, sha256 BLOB NOT NULL, size INTEGER NOT NULL, mtime INTEGER NOT NULL,
-    st_size INTEGER NOT NULL, st_mtime_ns INTEGER NOT NULL, st_ctime_ns INTEGER NOT NULL,
-    st_ino INTEGER NOT NULL, bucket INTEGER NOT NULL
+    sig BLOB NOT NULL, bucket INTEGER NOT NULL
 );
+CREATE INDEX objects_bucket ON objects (bucket);
 CREATE TABLE buckets (
     bucket INTEGER PRIMARY KEY, xml_off INTEGER NOT NULL, xml_len INTEGER NOT NULL,
     z_off INTEGER NOT NULL, z_len INTEGER NOT NULL
@@ -68,10 +73,7 @@ class ObjectRow(NamedTuple):
     sha256: bytes
     size: int
     mtime: int
-    st_size: int
-    st_mtime_ns: int
-    st_ctime_ns: int
-    st_ino: int
+    sig: bytes
     bucket: int
 
 
@@ -118,9 +120,8 @@ class State:
             conn = sqlite3.connect(path, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
-            row = conn.execute("PRAGMA quick_check").fetchone()
-            if row is None or row[0] != "ok":
-                raise StorageError(Reason.STATE_CORRUPT, "database check failed", path=str(path))
+            # No quick_check here: it reads the whole database (O(repository)) on every run.
+            # A damaged page raises DatabaseError when read, which starts a new session.
             version = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         except sqlite3.DatabaseError as exc:
             raise StorageError(Reason.STATE_CORRUPT, str(exc), path=str(path)) from exc
@@ -177,25 +178,45 @@ class State:
     # --- objects -------------------------------------------------------------------------------
 
     def objects(self) -> dict[str, ObjectRow]:
-        rows = self._conn.execute(
-            "SELECT path, sha256, size, mtime, st_size, st_mtime_ns, st_ctime_ns, st_ino, bucket "
-            "FROM objects"
-        )
-        make = ObjectRow._make
-        return {r[0]: r for r in map(make, rows)}
+        """Every row (for a full rebuild only; a normal run uses :meth:`signatures`)."""
+        rows = self._conn.execute("SELECT path, sha256, size, mtime, sig, bucket FROM objects")
+        return {r[0]: r for r in map(ObjectRow._make, rows)}
+
+    def signatures(self) -> dict[str, bytes]:
+        """``{path: packed stat signature}``: all a run needs to find what changed."""
+        return dict(self._conn.execute("SELECT path, sig FROM objects"))
+
+    def rows(self, paths: Iterable[str]) -> dict[str, ObjectRow]:
+        out: dict[str, ObjectRow] = {}
+        for chunk in _chunks(list(paths)):
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT path, sha256, size, mtime, sig, bucket FROM objects WHERE path IN ({marks})"  # noqa: S608, E501 - only "?" placeholders are interpolated
+            for r in self._conn.execute(query, chunk):
+                out[r[0]] = ObjectRow._make(r)
+        return out
+
+    def paths_in_buckets(self, buckets: Iterable[int]) -> list[tuple[str, int]]:
+        out: list[tuple[str, int]] = []
+        for chunk in _chunks(list(buckets)):
+            marks = ",".join("?" * len(chunk))
+            out.extend(
+                self._conn.execute(
+                    f"SELECT path, bucket FROM objects WHERE bucket IN ({marks})",  # noqa: S608
+                    chunk,
+                )
+            )
+        return out
 
     def put_objects(self, rows: Iterable[ObjectRow]) -> None:
-        self._conn.executemany(
-            "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
-        )
+        self._conn.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?)", rows)
 
     def delete_objects(self, paths: Iterable[str]) -> None:
         self._conn.executemany("DELETE FROM objects WHERE path=?", ((p,) for p in paths))
 
-    def update_stat(self, rows: Iterable[ObjectRow]) -> None:
+    def update_stat(self, sigs: Iterable[tuple[str, bytes]]) -> None:
+        """New stat signatures for files whose content did not change."""
         self._conn.executemany(
-            "UPDATE objects SET st_size=?, st_mtime_ns=?, st_ctime_ns=?, st_ino=? WHERE path=?",
-            ((r.st_size, r.st_mtime_ns, r.st_ctime_ns, r.st_ino, r.path) for r in rows),
+            "UPDATE objects SET sig=? WHERE path=?", ((sig, path) for path, sig in sigs)
         )
 
     # --- buckets -------------------------------------------------------------------------------
@@ -269,3 +290,8 @@ class State:
 
     def forget_retired(self, path: str) -> None:
         self._conn.execute("DELETE FROM retired WHERE path=?", (path,))
+
+
+def _chunks(items: list[Any], size: int = 500) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
