@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RSYNC_BASE = "rsync://rpki.example.net/repo/"
@@ -75,37 +76,27 @@ def raw_create_rate(target: Path, sizes: list[int], payload: bytes) -> float:
     return len(sizes) / elapsed
 
 
-def run_cli(src: Path, work: Path, grace: str = "2h") -> dict[str, float]:
+def run_cli(src: Path, work: Path, grace: str = "2h") -> dict[str, Any]:
+    """One CLI run in a child process: wall seconds, peak RSS (wait4), stage seconds."""
     cmd = [
-        sys.executable,
-        "-m",
-        "rpkirepo",
-        "-q",
-        "publish",
-        str(src),
-        "--rsync-base",
-        RSYNC_BASE,
-        "--https-base",
-        HTTPS_BASE,
-        "--state-dir",
-        str(work / "state"),
-        "--rrdp-dir",
-        str(work / "rrdp"),
-        "--rsync-dir",
-        str(work / "rsync"),
-        "--cleanup-after",
-        grace,
-        "--no-progress",
-    ]
+        sys.executable, "-m", "rpkirepo", "-q", "publish", str(src),
+        "--rsync-base", RSYNC_BASE, "--https-base", HTTPS_BASE,
+        "--state-dir", str(work / "state"), "--rrdp-dir", str(work / "rrdp"),
+        "--rsync-dir", str(work / "rsync"), "--cleanup-after", grace,
+        "--no-progress", "--json",
+    ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env)
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - t0
+    out = work / "cli.json"
+    with open(out, "wb") as stdout:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=stdout)
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         sys.exit(f"publish failed with {proc.returncode}")
-    return {"seconds": elapsed, "peak_rss_mb": usage.ru_maxrss / 1024}
+    stages = json.loads(out.read_text())["stage_seconds"]
+    return {"seconds": elapsed, "peak_rss_mb": usage.ru_maxrss / 1024, "stages": stages}
 
 
 def change(src: Path, names: list[str], k: int, pool: list[bytes], rng: random.Random) -> None:
@@ -150,6 +141,9 @@ def bench_size(n: int, pool: list[bytes], base: Path, rng: random.Random) -> dic
         "nochange_seconds": nochange["seconds"],
         "change100_first_seconds": change1["seconds"],
         "change100_steady_seconds": statistics.median(s["seconds"] for s in steady),
+        "first_stages": first["stages"],
+        "nochange_stages": nochange["stages"],
+        "change100_steady_stages": min(steady, key=lambda s: s["seconds"])["stages"],
         "change100_peak_rss_mb": max(s["peak_rss_mb"] for s in steady),
         "snapshot_mb": snapshot_bytes / 1e6,
     }
