@@ -32,6 +32,7 @@ __all__ = [
     "remove_tree",
     "replace_symlink",
     "sync_filesystem",
+    "write_all",
 ]
 
 _libc: ctypes.CDLL | None
@@ -45,6 +46,15 @@ TMP_PREFIX: Final = ".tmp-"
 
 def _storage(exc: OSError, what: str, path: Path | str) -> StorageError:
     return StorageError(Reason.STORAGE_IO, f"{what}: {exc.strerror or exc}", path=str(path))
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data`` to ``fd`` (``os.write`` may write less than asked)."""
+    written = os.write(fd, data)
+    if written != len(data):
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 def fsync_dir(path: Path) -> None:
@@ -81,10 +91,7 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, mtime: int | Non
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            write_all(fd, data)
             if mtime is not None:
                 os.utime(fd, (mtime, mtime))
             os.fchmod(fd, mode)

@@ -47,6 +47,7 @@ from rpkirepo.fsutil import (
     remove_tree,
     replace_symlink,
     sync_filesystem,
+    write_all,
 )
 from rpkirepo.limits import DEFAULT_LIMITS, Limits
 from rpkirepo.objects import mtime_of
@@ -913,9 +914,7 @@ def _fsync_path(path: Path) -> None:
 def _write_new(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
     finally:
         os.close(fd)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Final
 
 from rpkirepo.errors import Reason, StorageError
-from rpkirepo.fsutil import TMP_PREFIX
+from rpkirepo.fsutil import TMP_PREFIX, write_all
 
 __all__ = ["DIR_MTIME", "TreeWriter", "slot_name"]
 
@@ -100,10 +100,7 @@ class TreeWriter:
         try:
             fd = os.open(path, _CREATE, 0o644)
             try:
-                if os.write(fd, data) != len(data):
-                    view = memoryview(data)[os.fstat(fd).st_size :]
-                    while view:
-                        view = view[os.write(fd, view) :]
+                write_all(fd, data)
                 os.utime(fd, (mtime, mtime))
                 if self.fsync_files:
                     os.fsync(fd)

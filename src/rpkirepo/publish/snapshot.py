@@ -32,6 +32,7 @@ from typing import Final
 
 from isal import isal_zlib
 
+from rpkirepo.fsutil import write_all
 from rpkirepo.publish.state import BucketSpan
 from rpkirepo.rrdp.model import FileKind, SessionId, Sha256
 from rpkirepo.rrdp.writer import HashingSink, end_tag, snapshot_start
@@ -128,12 +129,6 @@ def _copy_range(src_fd: int, offset: int, length: int, sink: HashingSink | None,
         length -= len(chunk)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 def write_snapshot(
     xml_path: Path,
     gz_path: Path,
@@ -159,17 +154,17 @@ def write_snapshot(
 
         class _FdFile:
             def write(self, piece: bytes, /) -> object:
-                _write_all(xml_fd, piece)
+                write_all(xml_fd, piece)
                 return None
 
         sink = HashingSink(_FdFile())
         xml_pos = 0
         z_pos = len(GZIP_HEADER)
-        _write_all(gz_fd, GZIP_HEADER)
+        write_all(gz_fd, GZIP_HEADER)
         head = snapshot_start(session_id, serial)
         sink.write(head)
         head_z = deflate_segment(head, level)
-        _write_all(gz_fd, head_z)
+        write_all(gz_fd, head_z)
         xml_pos += len(head)
         z_pos += len(head_z)
         spans: list[BucketSpan] = []
@@ -197,7 +192,7 @@ def write_snapshot(
             else:
                 flush_run()
                 sink.write(item.xml)
-                _write_all(gz_fd, item.deflated)
+                write_all(gz_fd, item.deflated)
                 spans.append(
                     BucketSpan(item.bucket, xml_pos, len(item.xml), z_pos, len(item.deflated))
                 )
@@ -208,7 +203,7 @@ def write_snapshot(
         sink.write(tail)
         tail_z = deflate_segment(tail, level, final=True)
         trailer = struct.pack("<II", sink.crc32, sink.size & 0xFFFFFFFF)
-        _write_all(gz_fd, tail_z + trailer)
+        write_all(gz_fd, tail_z + trailer)
         z_pos += len(tail_z) + len(trailer)
         return SnapshotFiles(sink.sha256, sink.size, z_pos, tuple(spans))
     finally:
