@@ -87,7 +87,7 @@ from __future__ import annotations
 
 import binascii
 import hashlib
-import os
+import secrets
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -331,7 +331,7 @@ class RrdpParser:
         self._wd_uri: RsyncUri | None = None
         self._wd_hash: Sha256 | None = None
         # rrdp-checklist (b)17, (c)24: each URI at most once per snapshot or delta.
-        self._uri_hasher = hashlib.blake2b(digest_size=8, key=os.urandom(16))
+        self._uri_hasher = hashlib.blake2b(digest_size=8, key=secrets.token_bytes(16))
         self._uri_digests = _DigestSet()
 
         # Notification state.
