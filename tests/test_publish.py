@@ -229,6 +229,9 @@ def test_update_writes_a_delta_and_keeps_the_old_tree(
     assert header.serial == 2
     by_uri = {e.uri.uri[len(RSYNC_BASE) :]: e for e in elements}
     assert set(by_uri) == {modified, removed, added}
+    # Withdraws come first (a name may turn from file into directory within one delta).
+    kinds = [isinstance(e, WithdrawElement) for e in elements]
+    assert kinds == sorted(kinds, reverse=True)
     assert isinstance(by_uri[removed], WithdrawElement)
     import hashlib
 
@@ -455,3 +458,14 @@ def test_notification_is_repaired_from_state(env: Env, corpus_objects: list[byte
     assert not result.changed  # type: ignore[attr-defined]
     assert env.opts.rrdp_dir.joinpath("notification.xml").read_bytes() == good
     check_published(env, files)
+
+
+def test_leftover_temporary_files_are_removed(env: Env, corpus_objects: list[bytes]) -> None:
+    write_source(env.source, {"a.roa": corpus_objects[0]})
+    env.run()
+    # What a crash inside replace_symlink / atomic_write leaves behind.
+    (env.opts.rsync_dir / ".tmp-current.dead").symlink_to("revisions/nowhere")
+    (env.opts.rrdp_dir / ".tmp-notification.xml.dead").write_bytes(b"half")
+    env.run()
+    assert not os.path.lexists(env.opts.rsync_dir / ".tmp-current.dead")
+    assert not (env.opts.rrdp_dir / ".tmp-notification.xml.dead").exists()

@@ -71,6 +71,7 @@ from rpkirepo.rrdp.model import (
     Sha256,
     SnapshotRef,
 )
+from rpkirepo.rrdp.parser import parse_notification
 from rpkirepo.rrdp.writer import (
     delta_start,
     end_tag,
@@ -309,6 +310,11 @@ class _Run:
             link_now = os.readlink(self.current_link)
         except OSError:
             link_now = None
+        try:
+            shown = self.notification_path.read_bytes()
+        except OSError:
+            shown = None
+        self.restart_grace(state, shown, link_now)
         if link_now != target:
             log.warning(
                 "current tree link did not match the state; repaired",
@@ -318,6 +324,35 @@ class _Run:
         self.write_notification(state, only_if_different=True)
         self.remove_leftovers(state, {s.name for s in slots})
         return None
+
+    def restart_grace(self, state: State, shown: bytes | None, link_now: str | None) -> None:
+        """A run that died past its commit point left the old notification and ``current``
+        visible: what they name was retired at that commit but served until now, so its grace
+        period starts now."""
+        uris: list[str] = []
+        if shown is not None:
+            try:
+                n = parse_notification(shown)
+                uris = [n.snapshot.uri.uri, *(d.uri.uri for d in n.deltas)]
+            except RpkiRepoError:
+                pass  # unreadable: rewritten below, and named nothing a client could use
+        base = self.o.https_base.uri
+        rels: list[str] = []
+        for uri in uris:
+            if uri.startswith(base):
+                rels += [uri[len(base) :], uri[len(base) :] + ".gz"]
+        retired = state.retired()
+        rels = [r for r in rels if r in retired]
+        name = link_now.rpartition("/")[2] if link_now is not None else None
+        slots = [s for s in state.slots() if s.name == name and s.retired_at is not None]
+        if not rels and not slots:
+            return
+        state.begin()
+        for rel in rels:
+            state.retire(rel, self.now, restart=True)
+        for s in slots:
+            state.put_slot(SlotRow(s.name, s.serial, self.now))
+        state.commit()
 
     def remove_leftovers(self, state: State, known_slots: set[str]) -> None:
         """Remove what a crashed run wrote but never made visible."""
@@ -344,12 +379,18 @@ class _Run:
                         )
                         os.unlink(os.path.join(dirpath, name))
             _prune_empty_dirs(session_dir)
-        for name in os.listdir(self.o.rrdp_dir):
-            if name.startswith(TMP_PREFIX):
-                (self.o.rrdp_dir / name).unlink(missing_ok=True)
+        # Temporary files of a crashed atomic_write / replace_symlink.
+        for directory in (self.o.rrdp_dir, self.o.rsync_dir):
+            for name in os.listdir(directory):
+                if name.startswith(TMP_PREFIX):
+                    (directory / name).unlink(missing_ok=True)
 
     def retire_everything(self, state: State) -> None:
-        """A new session: every file and tree already present goes into the grace queue."""
+        """A new session: every file and tree already present goes into the grace queue.
+
+        The grace period restarts at every attempt: the old notification (and ``current``)
+        still name these files until a run of the new session succeeds.
+        """
         for dirpath, _d, filenames in os.walk(self.o.rrdp_dir):
             for name in filenames:
                 rel = os.path.relpath(os.path.join(dirpath, name), self.o.rrdp_dir)
@@ -357,7 +398,7 @@ class _Run:
                     TMP_PREFIX
                 ):
                     continue
-                state.retire(rel, self.now)
+                state.retire(rel, self.now, restart=True)
         for entry in os.scandir(self.revisions):
             if entry.name.startswith(TMP_PREFIX):
                 remove_tree(Path(entry.path))
@@ -548,10 +589,16 @@ class _Run:
         small = base_serial >= 0 and len(changes) + len(removed) <= FSYNC_EACH_MAX
         tree.fsync_files = small
 
+        self.lap("prepare")
+        # --- the tree's other objects first: a reused tree loses its removed paths before any
+        # is created, since a name can change from a directory to a file and back ---
+        if not new_session:
+            self.bring_forward(state, index, tree, base_serial, changed_paths, set(removed))
+            self.lap("tree")
+
         # --- objects: read the changed ones, write them into the tree, build index rows ---
         total = len(changes)
         kept = 0
-        self.lap("prepare")
         for i, c in enumerate(changes):
             data = self.load(c)
             t = mtime_of(data, c.entry.path)
@@ -577,11 +624,8 @@ class _Run:
             if i % 2048 == 0:
                 self.progress("objects", i, total)
         self.progress("objects", total, total)
-        if not new_session:
-            self.lap("objects")
-            self.bring_forward(state, index, tree, base_serial, changed_paths, set(removed))
         tree.finish()
-        self.lap("tree")
+        self.lap("objects")
 
         # --- delta (not for a new session: serial 1 has none) ---
         delta_row: DeltaRow | None = None
@@ -718,7 +762,7 @@ class _Run:
         changed_now: dict[str, _Change],
         removed_now: set[str],
     ) -> None:
-        """Make ``tree`` equal to the new revision.
+        """Make ``tree`` equal to the new revision, but for this run's changes (written next).
 
         ``base_serial`` -1: a fresh tree; every unchanged object is linked from the current tree.
         Otherwise the tree holds revision ``base_serial``: replay the change log after it.
@@ -736,15 +780,14 @@ class _Run:
         final: dict[str, bytes | None] = {}
         for _serial, path, sha in state.changes_after(base_serial):
             final[path] = sha
-        for path, sha in final.items():
-            if path in changed_now or path in removed_now:
-                continue  # written (or to be removed) by this run
-            if sha is None:
-                tree.remove(path)
-            else:
-                tree.link(path)
-        for path in removed_now:
+        # Every removal before any creation: ``x.cer`` may have been a directory (``x.cer/y.roa``)
+        # in this tree and be a file now, or the other way round.
+        gone = {p for p, sha in final.items() if sha is None and p not in changed_now}
+        for path in sorted(gone | removed_now):
             tree.remove(path)
+        for path, sha in final.items():
+            if sha is not None and path not in changed_now and path not in removed_now:
+                tree.link(path)
 
     def write_delta(
         self,
@@ -758,16 +801,16 @@ class _Run:
     ) -> DeltaRow:
         """RFC 8182 §3.5.3: one delta with every change of this serial."""
         pieces = [delta_start(session_id, serial)]
-        items: list[tuple[str, bytes]] = []
-        for c in changes:
+        # Withdraws first, then publishes, each by path: an RP applying elements in order to a
+        # filesystem cache can then follow a name that turns from a file into a directory (or
+        # back) within one delta.
+        gone = index.rows(removed)
+        withdraws = sorted(removed)
+        pieces.extend(withdraw_element(self.uri(p), Sha256(gone[p].sha256)) for p in withdraws)
+        for c in sorted(changes, key=lambda c: c.entry.path):
             data = c.data if c.data is not None else _read_tree(tree, c.entry.path)
             replaces = Sha256(c.old.sha256) if c.old is not None else None
-            items.append((c.entry.path, publish_element(self.uri(c.entry.path), data, replaces)))
-        gone = index.rows(removed)
-        for p in removed:
-            items.append((p, withdraw_element(self.uri(p), Sha256(gone[p].sha256))))
-        items.sort()
-        pieces.extend(piece for _p, piece in items)
+            pieces.append(publish_element(self.uri(c.entry.path), data, replaces))
         pieces.append(end_tag(FileKind.DELTA))
         data = b"".join(pieces)
         path = self.o.rrdp_dir / rel_dir / "delta.xml"

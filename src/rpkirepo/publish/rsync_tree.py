@@ -129,26 +129,28 @@ class TreeWriter:
             shutil.copy2(src, dst, follow_symlinks=False)
 
     def remove(self, relpath: str) -> None:
-        """Remove a file and any directories it leaves empty (up to the tree root)."""
+        """Remove a file and any directories it leaves empty (up to the published base, which
+        stays even when empty: rsync of a missing directory fails)."""
         full = self.prefix + relpath
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.root, full))
         parent = full.rpartition("/")[0]
-        while parent:
+        while parent and not self.prefix.startswith(parent + "/"):
             try:
                 os.rmdir(os.path.join(self.root, parent))
             except OSError:
-                self.touched_dirs.add(parent)
                 break
             self._dirs.discard(parent)
             self.touched_dirs.discard(parent)
             parent = parent.rpartition("/")[0]
-        else:
-            self.touched_dirs.add("")
+        self.touched_dirs.add(parent)
 
     def finish(self) -> None:
         """Give every directory touched the constant mtime (deepest first); with per-file
-        fsync, also fsync those directories so links, unlinks and creations are durable."""
+        fsync, also fsync those directories so links, unlinks and creations are durable.
+        The published base directory exists even when nothing is published."""
+        if self.prefix and not os.path.isdir(os.path.join(self.root, self.prefix)):
+            self._parent("")
         for d in sorted(self.touched_dirs, key=lambda s: s.count("/"), reverse=True):
             path = os.path.join(self.root, d) if d else os.fspath(self.root)
             with contextlib.suppress(FileNotFoundError):

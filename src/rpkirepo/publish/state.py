@@ -285,8 +285,10 @@ class State:
     def retired(self) -> dict[str, float]:
         return dict(self._conn.execute("SELECT path, retired_at FROM retired"))
 
-    def retire(self, path: str, when: float) -> None:
-        self._conn.execute("INSERT OR IGNORE INTO retired VALUES (?, ?)", (path, when))
+    def retire(self, path: str, when: float, *, restart: bool = False) -> None:
+        """``path`` stopped being referenced at ``when``; ``restart``: even if retired before."""
+        verb = "REPLACE" if restart else "IGNORE"
+        self._conn.execute(f"INSERT OR {verb} INTO retired VALUES (?, ?)", (path, when))  # noqa: S608
 
     def forget_retired(self, path: str) -> None:
         self._conn.execute("DELETE FROM retired WHERE path=?", (path,))
