@@ -33,6 +33,7 @@ commands:
   publish   turn a directory of RPKI objects into an RRDP repository and an rsync tree
   inspect   show what the object reader sees in RPKI object files
   limits    list every hard limit, its default and what it protects
+  testbed   generate a complete, valid RPKI (TA, CAs, ROAs, ASPA, ...) for testing
 
 examples:
   rpkirepo publish ./objects --rsync-base rsync://rpki.example.net/repo/ \\
@@ -40,6 +41,28 @@ examples:
   rpkirepo --config /etc/rpkirepo.toml publish
   rpkirepo inspect objects/*.roa
   rpkirepo limits
+  rpkirepo testbed ./tb --rsync-base rsync://localhost/repo/
+"""
+
+TESTBED_EPILOG = """\
+Writes a trust anchor and its TAL, a tree of CAs with RFC 3779 resources sub-allocated from their
+parents, and in every CA a CRL, a manifest, ROAs (IPv4 and IPv6, with and without maxLength), an
+ASPA and a Ghostbusters record, all valid from now-1h to now+DAYS.  The same --seed gives the
+same names, resources, ROAs and expected output; keys and signatures differ between runs.
+
+output:
+  OUT_DIR/repository/         the rsync module's content (publish it with `rpkirepo publish`)
+  OUT_DIR/ta.cer, ta.tal      the trust anchor certificate and its locator (RFC 8630)
+  OUT_DIR/expected-vrps.csv   the VRPs in rpki-client's -c format
+  OUT_DIR/expected-vrps.json  the VRPs ("roas") and ASPAs ("aspas") in rpki-client's -j shape
+
+examples:
+  rpkirepo testbed ./tb --rsync-base rsync://localhost/repo/ \\
+      --rrdp-base https://localhost:3000/rrdp/ --cas 3 --depth 2 --roas-per-ca 3 --seed 1
+  rpkirepo publish ./tb/repository --rsync-base rsync://localhost/repo/ \\
+      --https-base https://localhost:3000/rrdp/ --state-dir ./tb/publish
+
+exit status: 0 written, 1 refused or failed (see the reason code), 2 usage.
 """
 
 PUBLISH_EPILOG = """\
@@ -204,6 +227,42 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--markdown", action="store_true", help="print docs/limits.md")
     p.set_defaults(func=cmd_limits)
+
+    p = sub.add_parser(
+        "testbed",
+        help="generate a complete, valid RPKI for testing",
+        description="Generate a trust anchor, a tree of CAs and their objects (RFC 6487, 6488, "
+        "6482, 9286, 6493, ASPA, RFC 9589 signing-time), a TAL and the expected RP output.",
+        epilog=TESTBED_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(p)
+    p.add_argument("out_dir", type=Path, help="output directory (its repository/ must be empty)")
+    p.add_argument("--cas", type=int, default=3, help="CAs below the TA (default 3)")
+    p.add_argument("--roas-per-ca", type=int, default=3, help="ROAs in each CA (default 3)")
+    p.add_argument("--depth", type=int, default=2, help="levels of CAs below the TA (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed for everything but keys (default 0)")
+    p.add_argument(
+        "--rsync-base",
+        default="rsync://localhost/repo/",
+        help="rsync URI of the repository (default rsync://localhost/repo/)",
+    )
+    p.add_argument("--rrdp-base", help="HTTPS URI of the RRDP directory (rpkiNotify in CAs)")
+    p.add_argument(
+        "--ta-uri",
+        action="append",
+        default=[],
+        help="a URI of the TA certificate for the TAL (repeatable; default RSYNC-BASE/ta.cer)",
+    )
+    p.add_argument("--days", type=float, default=7.0, help="validity after now (default 7)")
+    p.add_argument(
+        "--aspa-version",
+        type=int,
+        choices=(0, 1),
+        default=0,
+        help="ASPA profile: 0 (what rpki-client 8.2 parses, default) or 1 (draft-15 and later)",
+    )
+    p.set_defaults(func=cmd_testbed)
     return parser
 
 
@@ -350,6 +409,33 @@ def cmd_publish(args: argparse.Namespace, config: Config) -> int:
             ),
         ]
         write_textfile(Path(metrics_file), metrics)
+    return 0
+
+
+def cmd_testbed(args: argparse.Namespace, config: Config) -> int:
+    from rpkirepo.testbed import TestbedOptions, generate
+
+    started = time.monotonic()
+    bed = generate(
+        TestbedOptions(
+            out_dir=args.out_dir,
+            rsync_base=args.rsync_base,
+            rrdp_base=args.rrdp_base,
+            ta_uris=tuple(args.ta_uri),
+            cas=args.cas,
+            roas_per_ca=args.roas_per_ca,
+            depth=args.depth,
+            seed=args.seed,
+            days=args.days,
+            aspa_version=args.aspa_version,
+        )
+    )
+    if not args.quiet:
+        print(
+            f"testbed: {len(bed.files)} objects, {len(bed.vrps)} VRPs, {len(bed.aspas)} ASPAs, "
+            f"valid {bed.not_before:%Y-%m-%dT%H:%M:%SZ} to {bed.not_after:%Y-%m-%dT%H:%M:%SZ}, "
+            f"{time.monotonic() - started:.2f}s\n  repository: {bed.repository}\n  TAL: {bed.tal}"
+        )
     return 0
 
 

@@ -1,0 +1,15 @@
+"""Generate a complete, valid RPKI for testing relying parties and repositories.
+
+:func:`generate` writes a trust anchor and its TAL (RFC 8630), a tree of CAs with RFC 3779
+resources sub-allocated from their parents (RFC 6487), and in each CA's publication point a CRL,
+a manifest (RFC 9286), ROAs (RFC 6482/9582), an ASPA and a Ghostbusters record (RFC 6493), all
+signed objects being RFC 6488 CMS with signing-time (RFC 9589); plus the VRPs and ASPAs a relying
+party must output (rpki-client's CSV and JSON shapes).  See docs/testbed.md.
+
+Unlike the rest of rpkirepo this package needs ``cryptography`` (keys and signatures).
+"""
+
+from .expected import ExpectedAspa, Vrp
+from .generator import Testbed, TestbedOptions, generate
+
+__all__ = ["ExpectedAspa", "Testbed", "TestbedOptions", "Vrp", "generate"]

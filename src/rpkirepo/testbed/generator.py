@@ -1,0 +1,440 @@
+"""The testbed generator: a complete RPKI, from a trust anchor down to ROAs, on disk.
+
+Theory of operation.
+
+1. **Plan** (pure, seed-determined): the CA tree (``cas`` CAs over ``depth`` levels below the
+   TA, each level's CAs attached to the previous level's round-robin after a seeded shuffle),
+   resources sub-allocated top-down (each CA splits its IPv4 prefix, IPv6 prefix and AS range
+   into one part for its own objects and one part per child, RFC 3779 containment by
+   construction), names, serial numbers, ROA prefixes and maxLengths, ASPA providers.  Times
+   come from ``now``: everything is valid from ``now - 1 h`` to ``now + days``.
+2. **Keys**: one fresh RSA 2048 key per certificate (CA and one-time-use EE, RFC 6487 §3).
+   These are the only thing a seed does not fix.
+3. **Sign** each CA's publication point: its child CA certificates, its CRL, its ROAs, one ASPA
+   and one Ghostbusters record, then the manifest listing all of them.
+4. **Write** OUT_DIR/repository/ (rsync module layout), OUT_DIR/ta.cer, OUT_DIR/ta.tal and the
+   expected RP output; every file's mtime is its signing-time (RFC 9589) or its thisUpdate /
+   notBefore.
+
+Layout below the rsync base (``BASE``): ``BASE/ta/`` is the TA's publication point,
+``BASE/ca-N/`` that of CA N (a flat namespace; CA N's certificate is in its parent's point).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from ipaddress import IPv4Network, IPv6Network
+from pathlib import Path
+from typing import Final
+
+from rpkirepo.errors import ConfigError, Reason, RpkiRepoError, StorageError
+from rpkirepo.uri import HttpsUri, RsyncUri
+
+from . import cms
+from .aspa import ASPA_VERSIONS, encode_aspa
+from .certificates import CertKind, CertRequest, issue_certificate
+from .crl import issue_crl
+from .expected import ExpectedAspa, Vrp, vrps_csv, vrps_json
+from .gbr import encode_vcard
+from .keys import KeyPair, new_key
+from .manifest import encode_manifest
+from .resources import AsRange, ResourceSet, split_as_range, split_prefix
+from .roa import RoaPrefix, encode_roa
+from .tal import encode_tal
+
+__all__ = ["Testbed", "TestbedOptions", "generate"]
+
+#: The TA's resources: RFC 1918 / RFC 3849 space and the RFC 6996 32-bit private ASNs.
+TA_IPV4: Final = IPv4Network("10.0.0.0/8")
+TA_IPV6: Final = IPv6Network("2001:db8::/32")
+TA_ASNS: Final = AsRange(4_200_000_000, 4_294_967_294)
+#: ASPA providers come from the RFC 5398 documentation ASNs.
+PROVIDER_ASNS: Final = range(64496, 64512)
+MAX_ROA_V4_LENGTH: Final = 24
+MAX_ROA_V6_LENGTH: Final = 48
+TA_NAME: Final = "ta"
+
+
+@dataclass(frozen=True)
+class TestbedOptions:
+    """What :func:`generate` makes (the ``rpkirepo testbed`` options)."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+    out_dir: Path
+    rsync_base: str = "rsync://localhost/repo/"
+    rrdp_base: str | None = None
+    ta_uris: tuple[str, ...] = ()  # default: (rsync_base + "ta.cer",)
+    cas: int = 3
+    roas_per_ca: int = 3
+    depth: int = 2
+    seed: int = 0
+    days: float = 7.0
+    now: datetime | None = None
+    aspa_version: int = 0
+
+
+@dataclass
+class _Ca:
+    name: str
+    cn: str
+    level: int  # 0 for the TA
+    parent: _Ca | None
+    serial: int  # of its certificate, chosen by the parent
+    children: list[_Ca] = field(default_factory=list)
+    #: What its certificate holds.
+    ipv4: IPv4Network = TA_IPV4
+    ipv6: IPv6Network = TA_IPV6
+    asns: AsRange = TA_ASNS
+    #: The part of it kept for its own ROAs and ASPA (the rest goes to its children).
+    own4: IPv4Network = TA_IPV4
+    own6: IPv6Network = TA_IPV6
+    own_as: AsRange = TA_ASNS
+    key: KeyPair | None = None
+
+    @property
+    def keypair(self) -> KeyPair:
+        if self.key is None:
+            raise RuntimeError("keys not generated yet")
+        return self.key
+
+
+@dataclass(frozen=True)
+class Testbed:
+    """What :func:`generate` wrote and what a relying party must conclude from it."""
+
+    __test__ = False
+
+    out_dir: Path
+    repository: Path  # the rsync module's content
+    ta_certificate: Path
+    tal: Path
+    vrps: frozenset[Vrp]
+    aspas: frozenset[ExpectedAspa]
+    files: dict[str, str]  # path below the repository -> kind (cer, crl, mft, roa, asa, gbr)
+    not_before: datetime
+    not_after: datetime
+
+
+def _usage(detail: str) -> ConfigError:
+    return ConfigError(Reason.USAGE, detail)
+
+
+def _check(opts: TestbedOptions) -> tuple[RsyncUri, HttpsUri | None]:
+    try:
+        base = RsyncUri.parse(opts.rsync_base)
+        rrdp = None if opts.rrdp_base is None else HttpsUri.parse(opts.rrdp_base)
+        for uri in opts.ta_uris:
+            (RsyncUri if uri.startswith("rsync://") else HttpsUri).parse(uri)
+    except RpkiRepoError as exc:
+        raise _usage(f"bad URI: {exc}") from exc
+    if not base.is_directory or (rrdp is not None and not rrdp.is_directory):
+        raise _usage("--rsync-base and --rrdp-base must end with a slash")
+    if not 1 <= opts.depth <= opts.cas:
+        raise _usage("need 1 <= --depth <= --cas (every level holds at least one CA)")
+    if not 1 <= opts.roas_per_ca <= 256:
+        raise _usage("--roas-per-ca must be 1..256")
+    if opts.cas > 1000:
+        raise _usage("--cas must be at most 1000")
+    if not 0 < opts.days <= 3650:
+        raise _usage("--days must be in (0, 3650]")
+    if opts.aspa_version not in ASPA_VERSIONS:
+        raise _usage(f"--aspa-version must be one of {ASPA_VERSIONS}")
+    repo = opts.out_dir / "repository"
+    if repo.exists() and any(repo.iterdir()):
+        raise _usage(f"{repo} exists and is not empty")
+    return base, rrdp
+
+
+def _hexname(rng: random.Random) -> str:
+    return f"{rng.getrandbits(160):040X}"
+
+
+def _plan_tree(opts: TestbedOptions, rng: random.Random) -> list[_Ca]:
+    """The TA and its CAs, breadth first, with resources allocated."""
+    ta = _Ca(TA_NAME, _hexname(rng), 0, None, serial=1)
+    levels: list[list[_Ca]] = [[ta]]
+    number = 0
+    for level in range(1, opts.depth + 1):
+        size = opts.cas // opts.depth + (1 if level - 1 < opts.cas % opts.depth else 0)
+        parents = list(levels[-1])
+        rng.shuffle(parents)
+        current = []
+        for i in range(size):
+            number += 1
+            parent = parents[i % len(parents)]
+            ca = _Ca(f"ca-{number}", _hexname(rng), level, parent, rng.randrange(1, 2**63))
+            parent.children.append(ca)
+            current.append(ca)
+        levels.append(current)
+    every = [ca for level_cas in levels for ca in level_cas]
+    for ca in every:  # parents before children
+        parts = len(ca.children) + 1
+        try:
+            v4, v6 = split_prefix(ca.ipv4, parts), split_prefix(ca.ipv6, parts)
+            asns = split_as_range(ca.asns, parts)
+        except ValueError as exc:
+            raise _usage(f"tree too large for the TA's resources: {exc}") from exc
+        for i, child in enumerate(ca.children, start=1):
+            child.ipv4, child.ipv6, child.asns = v4[i], v6[i], asns[i]
+        ca.own4, ca.own6, ca.own_as = v4[0], v6[0], asns[0]
+    return every
+
+
+@dataclass(frozen=True)
+class _RoaPlan:
+    file: str
+    asn: int
+    prefixes: tuple[RoaPrefix, ...]
+
+
+def _maybe_max(rng: random.Random, length: int, limit: int) -> int | None:
+    if length >= limit or rng.random() < 0.5:
+        return None
+    return rng.randint(length + 1, limit)
+
+
+def _plan_roas(ca: _Ca, count: int, rng: random.Random) -> list[_RoaPlan]:
+    """``count`` ROAs for a CA from the part of its space it keeps: IPv4 and IPv6, with and
+    without maxLength (the first ROA always has an IPv4 prefix without maxLength and an IPv6
+    prefix with one)."""
+    extra = (2 * count).bit_length()
+    len4 = max(min(MAX_ROA_V4_LENGTH, ca.own4.prefixlen + extra + 2), ca.own4.prefixlen + extra)
+    len6 = max(min(MAX_ROA_V6_LENGTH, ca.own6.prefixlen + extra + 4), ca.own6.prefixlen + extra)
+    if len4 > 32 or len6 > 128:
+        raise _usage(f"no room for {count} ROAs in {ca.own4} / {ca.own6}")
+    pick4 = rng.sample(range(2 ** (len4 - ca.own4.prefixlen)), 2 * count)
+    pick6 = rng.sample(range(2 ** (len6 - ca.own6.prefixlen)), 2 * count)
+    size4, size6 = 2 ** (32 - len4), 2 ** (128 - len6)
+    out = []
+    for j in range(count):
+        asn = ca.own_as.first + 1 + j % max(1, ca.own_as.last - ca.own_as.first)
+        shape = "46" if j == 0 else rng.choice(["4", "6", "46", "44"])
+        prefixes: list[RoaPrefix] = []
+        for k, family in enumerate(shape):
+            if family == "4":
+                net4 = IPv4Network((int(ca.own4.network_address) + pick4[2 * j + k] * size4, len4))
+                m4 = None if j == 0 else _maybe_max(rng, len4, min(32, len4 + 8))
+                prefixes.append(RoaPrefix(net4, m4))
+            else:
+                net6 = IPv6Network((int(ca.own6.network_address) + pick6[2 * j + k] * size6, len6))
+                m6 = len6 + 8 if j == 0 else _maybe_max(rng, len6, min(128, len6 + 16))
+                prefixes.append(RoaPrefix(net6, m6))
+        out.append(_RoaPlan(f"roa-{j + 1}-AS{asn}.roa", asn, tuple(prefixes)))
+    return out
+
+
+class _Writer:
+    """Signs objects for one run: shared URIs, times and the seeded RNG."""
+
+    def __init__(
+        self, opts: TestbedOptions, base: RsyncUri, ta_uris: tuple[str, ...], rng: random.Random
+    ) -> None:
+        now = (opts.now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+        self.rng = rng
+        self.base = base.uri
+        self.module = base.module_uri.uri
+        rsync_ta = [u for u in ta_uris if u.startswith("rsync://")]
+        self.ta_uri = rsync_ta[0] if rsync_ta else base.uri + TA_CERT_REL
+        self.notify = None if opts.rrdp_base is None else opts.rrdp_base + "notification.xml"
+        self.signing_time = now
+        self.not_before = now - timedelta(hours=1)
+        self.not_after = now + timedelta(days=opts.days)
+        self.objects: dict[str, bytes] = {}  # path below the rsync module -> DER
+        self.mtimes: dict[str, datetime] = {}
+
+    def pub_point(self, ca: _Ca) -> str:
+        return f"{ca.name}/"
+
+    def uri(self, rel: str) -> str:
+        return self.base + rel
+
+    def resources(self, ca: _Ca) -> ResourceSet:
+        return ResourceSet(ipv4=(ca.ipv4,), ipv6=(ca.ipv6,), asns=(ca.asns,))
+
+    def ca_certificate(self, ca: _Ca, resources: ResourceSet) -> bytes:
+        point = self.pub_point(ca)
+        req = CertRequest(
+            kind=CertKind.TA if ca.parent is None else CertKind.CA,
+            subject_cn=ca.cn,
+            subject_key=ca.keypair,
+            serial=ca.serial,
+            not_before=self.not_before,
+            not_after=self.not_after,
+            resources=resources,
+            ca_repository=self.uri(point),
+            rpki_manifest=self.uri(f"{point}{ca.name}.mft"),
+            rpki_notify=self.notify,
+            ca_issuers=None if ca.parent is None else self.aia_of(ca.parent),
+            crl_uri=None if ca.parent is None else self.uri(self.crl_path(ca.parent)),
+        )
+        if ca.parent is None:
+            return issue_certificate(req, ca.cn, ca.keypair)
+        return issue_certificate(req, ca.parent.cn, ca.parent.keypair)
+
+    def aia_of(self, issuer: _Ca) -> str:
+        """The URI of ``issuer``'s certificate (the caIssuers of what it signs, RFC 6487 §4.8.7)."""
+        if issuer.parent is None:
+            return self.ta_uri
+        return self.uri(f"{self.pub_point(issuer.parent)}{issuer.name}.cer")
+
+    def crl_path(self, ca: _Ca) -> str:
+        return f"{self.pub_point(ca)}{ca.name}.crl"
+
+    def signed(
+        self, ca: _Ca, rel: str, econtent_type: str, econtent: bytes, resources: ResourceSet
+    ) -> bytes:
+        """A signed object issued by ``ca`` with a fresh one-time EE key (RFC 6487 §3)."""
+        ee_key = new_key()
+        ee = issue_certificate(
+            CertRequest(
+                kind=CertKind.EE,
+                subject_cn=_hexname(self.rng),
+                subject_key=ee_key,
+                serial=self.rng.randrange(1, 2**63),
+                not_before=self.not_before,
+                not_after=self.not_after,
+                resources=resources,
+                signed_object=self.uri(rel),
+                ca_issuers=self.aia_of(ca),
+                crl_uri=self.uri(self.crl_path(ca)),
+            ),
+            ca.cn,
+            ca.keypair,
+        )
+        return cms.sign_object(econtent_type, econtent, ee, ee_key, self.signing_time)
+
+    def put(self, rel: str, data: bytes, mtime: datetime) -> None:
+        """Keep an object at ``rel`` below the rsync base."""
+        self.put_uri(self.uri(rel), data, mtime)
+
+    def put_uri(self, uri: str, data: bytes, mtime: datetime) -> None:
+        if not uri.startswith(self.module):
+            raise ValueError(f"{uri} is outside the module {self.module}")
+        self.objects[uri[len(self.module) :]] = data
+        self.mtimes[uri[len(self.module) :]] = mtime
+
+
+#: The TA certificate's path below the rsync base, when a TA URI points there.
+TA_CERT_REL: Final = "ta.cer"
+
+
+def generate(opts: TestbedOptions) -> Testbed:
+    """Plan, key, sign and write a testbed into ``opts.out_dir``; see the module docstring."""
+    base, _rrdp = _check(opts)
+    rng = random.Random(opts.seed)
+    cas = _plan_tree(opts, rng)
+    ta = cas[0]
+    roa_plans = {ca.name: _plan_roas(ca, opts.roas_per_ca, rng) for ca in cas[1:]}
+    all_customers = [ca.own_as.first for ca in cas[1:]]
+    aspa_plans: dict[str, tuple[int, tuple[int, ...]]] = {}
+    for ca in cas[1:]:
+        pool = [a for a in all_customers if a != ca.own_as.first] + list(PROVIDER_ASNS)
+        providers = tuple(sorted(rng.sample(pool, rng.randint(1, 3))))
+        aspa_plans[ca.name] = (ca.own_as.first, providers)
+
+    for ca in cas:  # the only non-deterministic step
+        ca.key = new_key()
+
+    ta_uris = opts.ta_uris or (base.uri + TA_CERT_REL,)
+    w = _Writer(opts, base, ta_uris, rng)
+    inherit = ResourceSet(inherit_ip=True, inherit_as=True)
+    ta_der = w.ca_certificate(ta, w.resources(ta))
+    vrps: set[Vrp] = set()
+    aspas: set[ExpectedAspa] = set()
+    for ca in cas:
+        point = w.pub_point(ca)
+        files: dict[str, bytes] = {}
+        for child in ca.children:
+            der_child = w.ca_certificate(child, w.resources(child))
+            files[f"{child.name}.cer"] = der_child
+        files[f"{ca.name}.crl"] = issue_crl(ca.cn, ca.keypair, 1, w.not_before, w.not_after)
+        if ca.parent is not None:
+            for plan in roa_plans[ca.name]:
+                rel = point + plan.file
+                nets = [p.prefix for p in plan.prefixes]
+                ee_res = ResourceSet(
+                    ipv4=tuple(n for n in nets if isinstance(n, IPv4Network)),
+                    ipv6=tuple(n for n in nets if isinstance(n, IPv6Network)),
+                )
+                files[plan.file] = w.signed(
+                    ca, rel, cms.OID_ROA, encode_roa(plan.asn, plan.prefixes), ee_res
+                )
+                vrps |= {
+                    Vrp(plan.asn, str(p.prefix), p.effective_max_length) for p in plan.prefixes
+                }
+            customer, providers = aspa_plans[ca.name]
+            aspa_file = f"AS{customer}.asa"
+            files[aspa_file] = w.signed(
+                ca,
+                point + aspa_file,
+                cms.OID_ASPA,
+                encode_aspa(customer, providers, opts.aspa_version),
+                ResourceSet(asns=(AsRange(customer, customer),)),
+            )
+            aspas.add(ExpectedAspa(customer, providers))
+            gbr_file = f"{ca.name}.gbr"
+            vcard = encode_vcard(
+                full_name=f"RPKI operations of {ca.name}",
+                org=f"rpkirepo testbed {ca.name}",
+                email=f"rpki-{ca.name}@example.net",
+                phone=f"+1-555-01{rng.randrange(100):02d}",
+            )
+            files[gbr_file] = w.signed(ca, point + gbr_file, cms.OID_GBR, vcard, inherit)
+        mft_file = f"{ca.name}.mft"
+        econtent = encode_manifest(1, w.not_before, w.not_after, files)
+        mft = w.signed(ca, point + mft_file, cms.OID_MANIFEST, econtent, inherit)
+        for file, data in files.items():
+            signed = file.rsplit(".", 1)[1] in ("roa", "asa", "gbr")
+            w.put(point + file, data, w.signing_time if signed else w.not_before)
+        w.put(point + mft_file, mft, w.signing_time)
+    return _write(opts, w, ta_der, ta, ta_uris, vrps, aspas)
+
+
+def _write(
+    opts: TestbedOptions,
+    w: _Writer,
+    ta_der: bytes,
+    ta: _Ca,
+    ta_uris: tuple[str, ...],
+    vrps: set[Vrp],
+    aspas: set[ExpectedAspa],
+) -> Testbed:
+    out = opts.out_dir
+    repo = out / "repository"
+    for uri in ta_uris:  # a TA URI inside the module: the certificate is published there
+        if uri.startswith(w.module):
+            w.put_uri(uri, ta_der, w.not_before)
+    try:
+        files: dict[str, str] = {}
+        for rel, data in sorted(w.objects.items()):
+            path = repo / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            stamp = w.mtimes[rel].timestamp()
+            os.utime(path, (stamp, stamp))
+            files[rel] = rel.rsplit(".", 1)[1]
+        ta_cert = out / "ta.cer"
+        ta_cert.write_bytes(ta_der)
+        tal = out / f"{TA_NAME}.tal"
+        comments = [f"rpkirepo testbed, seed {opts.seed}: {hashlib.sha256(ta_der).hexdigest()}"]
+        tal.write_bytes(encode_tal(ta_uris, ta.keypair.spki_der(), comments))
+        expires = int(w.not_after.timestamp())
+        (out / "expected-vrps.csv").write_text(vrps_csv(vrps, TA_NAME, expires))
+        (out / "expected-vrps.json").write_text(vrps_json(vrps, aspas, TA_NAME, expires))
+    except OSError as exc:
+        raise StorageError(Reason.STORAGE_IO, f"cannot write the testbed: {exc}") from exc
+    return Testbed(
+        out_dir=out,
+        repository=repo,
+        ta_certificate=ta_cert,
+        tal=tal,
+        vrps=frozenset(vrps),
+        aspas=frozenset(aspas),
+        files=files,
+        not_before=w.not_before,
+        not_after=w.not_after,
+    )
