@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -172,3 +175,16 @@ def test_inspect_prints_what_the_reader_sees(
     bad.write_bytes(random.Random(1).randbytes(300))
     assert main(["inspect", str(bad)]) == 1
     assert "error [" in capsys.readouterr().err
+
+
+def test_make_demo_runs(tmp_path: Path) -> None:
+    """`make demo` (python -m rpkirepo.demo) works from any directory and tells the story."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    out = subprocess.run(
+        [sys.executable, "-m", "rpkirepo.demo"], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "serial 1" in out.stdout and "serial 2" in out.stdout
+    assert "nothing changed: serial stays 2" in out.stdout
+    assert (tmp_path / "demo-out" / "rrdp" / "notification.xml").exists()

@@ -1,9 +1,10 @@
-"""``make demo``: publish a sample repository, change it, publish again, and show the output.
+"""``make demo``: make a valid RPKI, publish it, change it, publish again, and show the output.
 
-The sample is the one complete, self-consistent repository of the shared corpus (a Krill test CA
-tree, ``rrdp/krill-sync/validation/good``), read from ``../shared/corpus`` beside the checkout
-(or ``$RPKIREPO_CORPUS``) through our own RRDP parser.  No server is needed: the output is plain
-files under ``demo-out/``.  (The testbed work will replace the sample with generated repositories.)
+Everything is local and made on the spot: ``rpkirepo testbed`` generates a trust anchor, a small
+CA tree with ROAs, ASPAs and Ghostbusters records, and the VRPs a relying party must find in it;
+``rpkirepo publish`` turns it into an RRDP repository and an rsync tree under ``demo-out/``.
+No server and no network are needed.  (Serving and fetching join the demo as `serve` and `fetch`
+land; `make test` already runs rpki-client against exactly this kind of output.)
 """
 
 from __future__ import annotations
@@ -16,37 +17,15 @@ from pathlib import Path
 
 from rpkirepo.errors import RpkiRepoError
 from rpkirepo.publish import PublishOptions, publish
-from rpkirepo.rrdp.model import PublishElement
-from rpkirepo.rrdp.parser import iter_events, parse_notification
+from rpkirepo.rrdp.parser import parse_notification
+from rpkirepo.testbed import TestbedOptions, generate
 from rpkirepo.uri import HttpsUri, RsyncUri
 
 RSYNC_BASE = "rsync://localhost/repo/"
 HTTPS_BASE = "https://localhost:3000/rrdp/"
-SAMPLE = "rrdp/krill-sync/validation/good/rrdp"
 
 
-def _corpus() -> Path:
-    env = os.environ.get("RPKIREPO_CORPUS")
-    root = Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "corpus"
-    if not (root / SAMPLE).is_dir():
-        sys.exit(f"demo: the shared corpus is not at {root} (set RPKIREPO_CORPUS)")
-    return root
-
-
-def _extract(corpus: Path, dest: Path) -> int:
-    snapshot = next((corpus / SAMPLE).rglob("snapshot.xml"))
-    count = 0
-    for ev in iter_events([snapshot.read_bytes()]):
-        if isinstance(ev, PublishElement):
-            rel = ev.uri.uri[len(RSYNC_BASE) :]
-            path = dest / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(ev.data)
-            count += 1
-    return count
-
-
-def _show_tree(root: Path, limit: int = 12) -> None:
+def _show_tree(root: Path, limit: int) -> None:
     shown = 0
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
@@ -64,35 +43,42 @@ def _show_tree(root: Path, limit: int = 12) -> None:
 def main() -> int:
     out = Path("demo-out").resolve()
     shutil.rmtree(out, ignore_errors=True)
-    src = out / "source"
-    n = _extract(_corpus(), src)
-    print(f"Sample: {n} objects of a Krill test CA tree, extracted into {src}\n")
-    opts = PublishOptions(
-        source_dir=src,
-        rsync_base=RsyncUri(RSYNC_BASE),
-        https_base=HttpsUri(HTTPS_BASE),
-        state_dir=out / "state",
-        rrdp_dir=out / "rrdp",
-        rsync_dir=out / "rsync",
-    )
     try:
+        started = time.monotonic()
+        tb = generate(
+            TestbedOptions(out_dir=out / "testbed", rsync_base=RSYNC_BASE, rrdp_base=HTTPS_BASE)
+        )
+        print(
+            f"0. testbed: {len(tb.files)} objects in {time.monotonic() - started:.1f} s "
+            f"(a TA, a CA tree, CRLs, manifests, ROAs, ASPAs, GBRs) in {tb.repository}\n"
+            f"   a relying party must find {len(tb.vrps)} VRPs and {len(tb.aspas)} ASPAs "
+            f"(listed in {tb.out_dir / 'expected-vrps.csv'}); TAL: {tb.tal}"
+        )
+        opts = PublishOptions(
+            source_dir=tb.repository,
+            rsync_base=RsyncUri(RSYNC_BASE),
+            https_base=HttpsUri(HTTPS_BASE),
+            state_dir=out / "state",
+            rrdp_dir=out / "rrdp",
+            rsync_dir=out / "rsync",
+        )
         first = publish(opts)
         print(
-            f"1. first run: new session {first.session_id}, serial {first.serial}, "
-            f"{first.objects} objects"
+            f"\n1. first publish: new session {first.session_id}, serial {first.serial}, "
+            f"{first.objects} objects, snapshot {first.snapshot_size} bytes"
         )
         print(f"   RRDP  {opts.rrdp_dir}:")
-        _show_tree(opts.rrdp_dir, limit=6)
+        _show_tree(opts.rrdp_dir, limit=4)
         print(f"   rsync {opts.rsync_dir}/current -> {os.readlink(opts.rsync_dir / 'current')}")
         print("   (file mtimes follow RFC 9589: CMS signing-time, notBefore, thisUpdate)")
-        _show_tree(opts.rsync_dir / "current", limit=6)
+        _show_tree(opts.rsync_dir / "current", limit=5)
 
-        victim = sorted(src.rglob("*.roa"))[0]
+        victim = sorted(tb.repository.rglob("*.roa"))[0]
         victim.unlink()
         second = publish(opts)
         print(
-            f"\n2. removed {victim.relative_to(src)}: serial {second.serial}, "
-            f"-{second.removed} object(s), one delta written"
+            f"\n2. withdrew {victim.relative_to(tb.repository)}: serial {second.serial}, "
+            f"-{second.removed} object(s), one delta, a new snapshot and notification"
         )
         note = parse_notification((opts.rrdp_dir / "notification.xml").read_bytes())
         print(f"   notification: serial {note.serial}, snapshot {note.snapshot.uri}")
@@ -102,8 +88,11 @@ def main() -> int:
         third = publish(opts)
         print(f"\n3. nothing changed: serial stays {third.serial}, nothing written")
         print(
-            "\nServe it: point an HTTPS server at demo-out/rrdp (gzip_static for the .gz files) "
-            "and an rsync module at demo-out/rsync/current."
+            "\nServe it: an HTTPS server on demo-out/rrdp at "
+            f"{HTTPS_BASE} (gzip_static for the .gz files),\n"
+            "an rsync module 'repo' on demo-out/rsync/current; then point a relying party at "
+            f"{tb.tal}.\nYour own repository: rpkirepo publish DIR --rsync-base ... "
+            "--https-base ... (rpkirepo publish --help)."
         )
     except RpkiRepoError as exc:
         print(f"demo: error {exc}", file=sys.stderr)
