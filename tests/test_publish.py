@@ -469,3 +469,40 @@ def test_leftover_temporary_files_are_removed(env: Env, corpus_objects: list[byt
     env.run()
     assert not os.path.lexists(env.opts.rsync_dir / ".tmp-current.dead")
     assert not (env.opts.rrdp_dir / ".tmp-notification.xml.dead").exists()
+
+
+def test_shrink_guard_refuses_to_empty_the_repository(
+    env: Env, corpus_objects: list[bytes]
+) -> None:
+    files = random_files(random.Random(12), corpus_objects, 40)
+    write_source(env.source, files)
+    env.run()
+    before = env.opts.rrdp_dir.joinpath("notification.xml").read_bytes()
+    # The source directory is "unmounted": empty.
+    shutil.rmtree(env.source)
+    env.source.mkdir()
+    with pytest.raises(InputError) as info:
+        env.run()
+    assert info.value.reason == Reason.SOURCE_SHRINK
+    assert "40 of 40" in str(info.value)
+    assert env.opts.rrdp_dir.joinpath("notification.xml").read_bytes() == before
+    check_published(env, files)
+    # Withdrawing a minority is fine; --force publishes anything.
+    write_source(env.source, dict(list(files.items())[:25]))
+    assert env.run().removed == 15  # type: ignore[attr-defined]
+    assert env.run(force=True, source_dir=env.source).removed == 0  # type: ignore[attr-defined]
+    shutil.rmtree(env.source)
+    env.source.mkdir()
+    assert env.run(force=True).removed == 25  # type: ignore[attr-defined]
+    check_published(env, {})
+
+
+def test_shrink_guard_lets_small_repositories_change_freely(
+    env: Env, corpus_objects: list[bytes]
+) -> None:
+    files = random_files(random.Random(13), corpus_objects, 9)
+    write_source(env.source, files)
+    env.run()
+    shutil.rmtree(env.source)
+    env.source.mkdir()
+    assert env.run().removed == 9  # type: ignore[attr-defined]

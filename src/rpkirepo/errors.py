@@ -122,6 +122,7 @@ class Reason(StrEnum):
     SOURCE_BAD_NAME = "source-bad-name"
     SOURCE_UNSUPPORTED_TYPE = "source-unsupported-type"
     SOURCE_CHANGED_DURING_READ = "source-changed-during-read"
+    SOURCE_SHRINK = "source-shrink-refused"
     STATE_MISSING = "state-missing"
     STATE_CORRUPT = "state-corrupt"
     STATE_INCOMPATIBLE = "state-incompatible"

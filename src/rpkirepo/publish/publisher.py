@@ -93,6 +93,8 @@ BUCKET_TARGET: Final = 16
 #: syncfs.  (An fsync costs ~0.5-1 ms on common virtual disks; syncfs costs whatever else is
 #: dirty on the filesystem, typically tens of ms.)
 FSYNC_EACH_MAX: Final = 32
+#: The shrink guard ignores runs that withdraw fewer objects than this.
+SHRINK_GUARD_MIN: Final = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,11 @@ class PublishOptions:
     rsync_include_host: bool = False
     #: Most rsync revision trees kept; past it the oldest is reused before its grace ends.
     rsync_max_revisions: int = 200
+    #: Refuse a run that would withdraw more than this share of the published objects (an
+    #: unmounted or emptied source directory must not empty the repository); 1.0 disables.
+    max_shrink: float = 0.5
+    #: Publish even when the shrink guard objects.
+    force: bool = False
     #: Bytes of changed objects kept in memory between scan and write (beyond: read again).
     memory_budget: int = 256 * 1024 * 1024
     limits: Limits = DEFAULT_LIMITS
@@ -454,6 +461,24 @@ class _Run:
             changes.append(_Change(e, sha, data if keep else None, row))
         removed = [p for p in sigs if p not in entries]
         return entries, changes, touched, removed, tuple(result.problems)
+
+    def check_shrink(self, published: int, removed: int) -> None:
+        """The shrink guard: refuse to withdraw more than ``max_shrink`` of the repository.
+
+        Small repositories (under :data:`SHRINK_GUARD_MIN` objects withdrawn) change freely.
+        """
+        o = self.o
+        if o.force or removed < SHRINK_GUARD_MIN or published == 0:
+            return
+        if removed > o.max_shrink * published:
+            raise InputError(
+                Reason.SOURCE_SHRINK,
+                f"this run would withdraw {removed} of {published} published objects "
+                f"(more than {o.max_shrink:.0%}); is the source directory complete? "
+                "Use --force to publish anyway",
+                removed=removed,
+                published=published,
+            )
 
     def load(self, change: _Change) -> bytes:
         """The bytes of a changed object, re-read (and re-checked) if not kept in memory."""
@@ -1040,6 +1065,7 @@ def _publish_locked(run: _Run) -> PublishResult:
             index = _Index(state, empty=True)
         run.lap("recover")
         entries, changes, touched, removed, skipped = run.scan(index)
+        run.check_shrink(len(index.sigs), len(removed))
         run.lap("scan")
         if not new_session and not changes and not removed:
             if touched:
