@@ -12,6 +12,7 @@ Helpers:
 * :func:`nginx_tls` serves directories and files over TLS with the real nginx.
 * :func:`rsync_daemon` serves modules with the real ``rsync --daemon``.
 * :func:`run_rpki_client` runs the real rpki-client and returns its output and VRPs.
+* :func:`run_fort` and :func:`run_octorpki` run FORT and OctoRPKI once the same way.
 * :func:`expected_vrps` and :func:`validity_window` compute, independently of rpkirepo and of the
   peers, what a validator should produce from a directory of objects and when it can be run.
 
@@ -884,6 +885,298 @@ def run_rpki_client(
         seconds=time.monotonic() - started,
         time_method=time_method,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# FORT and OctoRPKI (one-shot runs, same trust and name arrangement as rpki-client)
+
+
+@dataclass
+class RelyingPartyResult:
+    """One run of a relying party other than rpki-client (FORT, OctoRPKI)."""
+
+    name: str
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    output: Path  # the VRP file the RP wrote
+    cachedir: Path
+    seconds: float
+
+    def describe(self) -> str:
+        return (
+            f"{self.name} exited {self.returncode} after {self.seconds:.1f} s\n"
+            f"argv: {' '.join(self.argv)}\n--- stderr ---\n{self.stderr}\n"
+            f"--- stdout ---\n{self.stdout}"
+        )
+
+    def vrps(self) -> set[tuple[int, str, int]]:
+        """(asn, prefix, maxLength) of every VRP in the output file: FORT's CSV
+        (``ASN,Prefix,Max prefix length``) or OctoRPKI's JSON (``{"roas": [{"prefix",
+        "maxLength", "asn": "AS..."}]}``)."""
+        text = self.output.read_text()
+        out = set()
+        if self.output.suffix == ".json":
+            doc = json.loads(text)
+            for r in doc["roas"]:
+                asn = str(r["asn"]).upper().removeprefix("AS")
+                out.add((int(asn), str(ipaddress.ip_network(r["prefix"])), int(r["maxLength"])))
+            return out
+        lines = text.splitlines()
+        if not lines or lines[0] != "ASN,Prefix,Max prefix length":
+            raise PeerError(f"unexpected header in {self.output}: {lines[:1]}")
+        for row in lines[1:]:
+            asn, prefix, maxlen = row.split(",")
+            out.add((int(asn.removeprefix("AS")), str(ipaddress.ip_network(prefix)), int(maxlen)))
+        return out
+
+
+def ca_directory(directory: Path, ca_cert: Path) -> Path:
+    """A directory that replaces /etc/ssl/certs: ``ca-certificates.crt`` (the bundle libcurl and
+    Go read by default) holding only ``ca_cert``, and the OpenSSL ``<subject hash>.0`` link
+    (what a CA *path* lookup reads).  Bind-mounted over /etc/ssl/certs, nothing else is trusted."""
+    public_dir(directory)
+    bundle = directory / "ca-certificates.crt"
+    shutil.copyfile(ca_cert, bundle)
+    bundle.chmod(0o644)
+    openssl = shutil.which("openssl")
+    if openssl is not None:
+        digest = subprocess.run(
+            [openssl, "x509", "-hash", "-noout", "-in", str(bundle)],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        link = directory / f"{digest}.0"
+        link.unlink(missing_ok=True)
+        link.symlink_to("ca-certificates.crt")
+    return directory
+
+
+def _run_in_private_namespace(
+    name: str,
+    workdir: Path,
+    args: Sequence[str],
+    *,
+    trust: Path | None,
+    hosts: Mapping[str, str] | None,
+    user: str | None,
+    env: Mapping[str, str],
+    timeout: float,
+) -> tuple[list[str], int, str, str, float]:
+    """Run ``args`` once, as ``user`` (setpriv) when given, with /etc/ssl/certs replaced by a
+    directory trusting only ``trust`` and /etc/hosts by ``hosts``, both by bind mounts inside a
+    private mount namespace (``unshare --mount``, needs root) that vanish with the process.
+    Kills the process group after ``timeout``.  Returns argv, exit status, stdout, stderr and
+    the run time; stdout and stderr are also saved in ``workdir``."""
+    mounts: list[tuple[Path, Path]] = []
+    if trust is not None:
+        mounts.append(
+            (ca_directory(workdir / "certs", trust), Path(os.path.realpath("/etc/ssl/certs")))
+        )
+    if hosts is not None:
+        hosts_file = workdir / "hosts"
+        hosts_file.write_text("".join(f"{addr}\t{n}\n" for n, addr in hosts.items()))
+        hosts_file.chmod(0o644)
+        mounts.append((hosts_file, Path(os.path.realpath("/etc/hosts"))))
+    argv = list(args)
+    if user is not None:
+        pw = pwd.getpwnam(user)
+        argv = [
+            "setpriv",
+            f"--reuid={pw.pw_uid}",
+            f"--regid={pw.pw_gid}",
+            "--clear-groups",
+            "--",
+            *argv,
+        ]
+    if mounts:
+        if os.geteuid() != 0:
+            raise PeerError("trust/hosts overrides need root (unshare --mount)")
+        script = " && ".join(
+            f'mount --bind "${i * 2 + 1}" "${i * 2 + 2}"' for i in range(len(mounts))
+        )
+        wrapper = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c"]
+        wrapper += [f'{script} && shift {len(mounts) * 2} && exec "$@"', "sh"]
+        for src, dst in mounts:
+            wrapper += [str(src), str(dst)]
+        argv = wrapper + argv
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=dict(env),
+        cwd=workdir,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # Still running, so not reaped: its process group (the RP and its rsync) is ours.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=10)
+        raise PeerError(
+            f"{name} did not finish within {timeout:.0f} s (killed)\nargv: {argv}\n"
+            f"--- stderr ---\n{stderr}\n--- stdout ---\n{stdout}"
+        ) from None
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        raise
+    seconds = time.monotonic() - started
+    (workdir / f"{name}.stderr.log").write_text(stderr)
+    (workdir / f"{name}.stdout.log").write_text(stdout)
+    return argv, proc.returncode, stdout, stderr, seconds
+
+
+def _rp_dirs(workdir: Path, tal: Path, user: str | None) -> tuple[Path, Path, Path]:
+    """workdir/tal/<tal> (a TAL directory with only this TAL), workdir/cache and workdir/out,
+    the last two owned by ``user`` (the RP writes them after dropping privileges)."""
+    public_dir(workdir)
+    taldir, cachedir, outdir = (public_dir(workdir / d) for d in ("tal", "cache", "out"))
+    shutil.copyfile(tal, taldir / tal.name)
+    (taldir / tal.name).chmod(0o644)
+    if user is not None and os.geteuid() == 0:
+        pw = pwd.getpwnam(user)
+        for d in (cachedir, outdir):
+            os.chown(d, pw.pw_uid, pw.pw_gid)
+    return taldir, cachedir, outdir
+
+
+_RP_ENV = {
+    "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C",
+    "TZ": "UTC",
+    "HOME": "/nonexistent",
+}
+
+
+def run_fort(
+    workdir: Path,
+    tal: Path,
+    *,
+    binary: str = "fort",
+    trust: Path | None = None,
+    hosts: Mapping[str, str] | None = None,
+    rsync_only: bool = False,
+    user: str | None = "nobody",
+    transfer_timeout: int = 20,
+    timeout: float = 60.0,
+) -> RelyingPartyResult:
+    """Run FORT once (``--mode=standalone``) with a TAL directory holding only ``tal``, its own
+    cache, and the VRPs as CSV in ``workdir/out/vrps.csv``.  Logs go to the console at level
+    warning (operation and validation logs), so that any line beyond FORT's start/end banner is a
+    complaint.  ``rsync_only``: ``--http.enabled=false`` (no RRDP, TA from its rsync URI).
+    ``trust``/``hosts`` as for :func:`run_rpki_client`, but FORT's libcurl reads the CA bundle
+    and CA path under /etc/ssl/certs, so that whole directory is replaced (see
+    :func:`ca_directory`).  FORT does not drop privileges itself: as root it runs as ``user``."""
+    user = user if os.geteuid() == 0 else None
+    taldir, cachedir, outdir = _rp_dirs(workdir, tal, user)
+    output = outdir / "vrps.csv"
+    args = [
+        binary,
+        "--mode=standalone",
+        f"--tal={taldir}",
+        f"--local-repository={cachedir}",
+        f"--output.roa={output}",
+        "--output.format=csv",
+        "--log.output=console",
+        "--log.level=warning",
+        "--log.color-output=false",
+        "--validation-log.enabled=true",
+        "--validation-log.output=console",
+        "--validation-log.level=warning",
+        "--validation-log.color-output=false",
+        "--http.connect-timeout=5",
+        f"--http.transfer-timeout={transfer_timeout}",
+        f"--rsync.transfer-timeout={transfer_timeout}",
+        "--http.retry.count=0",
+        "--rsync.retry.count=0",
+    ]
+    if rsync_only:
+        args.append("--http.enabled=false")
+    argv, rc, stdout, stderr, seconds = _run_in_private_namespace(
+        "fort",
+        workdir,
+        args,
+        trust=trust,
+        hosts=hosts,
+        user=user,
+        env=_RP_ENV,
+        timeout=timeout,
+    )
+    return RelyingPartyResult("fort", argv, rc, stdout, stderr, output, cachedir, seconds)
+
+
+def run_octorpki(
+    workdir: Path,
+    tal: Path,
+    *,
+    binary: str = "octorpki",
+    trust: Path | None = None,
+    hosts: Mapping[str, str] | None = None,
+    rsync_only: bool = False,
+    user: str | None = "nobody",
+    rsync_timeout: int = 20,
+    loglevel: str = "info",
+    timeout: float = 60.0,
+) -> RelyingPartyResult:
+    """Run OctoRPKI once (``-mode oneoff``) with ``tal`` as its only TAL (name ``ta``), its own
+    cache and RRDP state file, unsigned JSON VRPs in ``workdir/out/vrps.json``, its HTTP
+    endpoint on an ephemeral loopback port.  ``rsync_only``: ``-rrdp=false``.  OctoRPKI
+    refuses to run as root ("Running as root is not allowed by default", a panic before its
+    flags are parsed), so as root it runs as ``user`` (setpriv).  Trust: the same /etc/ssl/certs
+    replacement as :func:`run_fort` (Go reads ca-certificates.crt and the directory), and
+    ``SSL_CERT_FILE``/``SSL_CERT_DIR`` name the same throwaway files."""
+    user = user if os.geteuid() == 0 else None
+    taldir, cachedir, outdir = _rp_dirs(workdir, tal, user)
+    output = outdir / "vrps.json"
+    args = [
+        binary,
+        "-mode",
+        "oneoff",
+        "-tal.root",
+        str(taldir / tal.name),
+        "-tal.name",
+        "ta",
+        "-cache",
+        f"{cachedir}/",
+        "-rrdp.file",
+        str(cachedir / "rrdp.json"),
+        "-output.roa",
+        str(output),
+        "-output.sign=false",
+        "-http.addr",
+        f"{LOOPBACK4}:0",
+        "-rsync.timeout",
+        f"{rsync_timeout}s",
+        "-loglevel",
+        loglevel,
+    ]
+    if rsync_only:
+        args.append("-rrdp=false")
+    env = dict(_RP_ENV)
+    if trust is not None:
+        certs = ca_directory(workdir / "certs", trust)
+        env.update(SSL_CERT_FILE=str(certs / "ca-certificates.crt"), SSL_CERT_DIR=str(certs))
+    argv, rc, stdout, stderr, seconds = _run_in_private_namespace(
+        "octorpki",
+        workdir,
+        args,
+        trust=trust,
+        hosts=hosts,
+        user=user,
+        env=env,
+        timeout=timeout,
+    )
+    return RelyingPartyResult("octorpki", argv, rc, stdout, stderr, output, cachedir, seconds)
 
 
 # --------------------------------------------------------------------------------------------
