@@ -42,6 +42,7 @@ examples:
   rpkirepo inspect objects/*.roa
   rpkirepo limits
   rpkirepo testbed ./tb --rsync-base rsync://localhost/repo/
+  rpkirepo testbed advance ./tb --roll-key
 """
 
 TESTBED_EPILOG = """\
@@ -50,17 +51,26 @@ parents, and in every CA a CRL, a manifest, ROAs (IPv4 and IPv6, with and withou
 ASPA and a Ghostbusters record, all valid from now-1h to now+DAYS.  The same --seed gives the
 same names, resources, ROAs and expected output; keys and signatures differ between runs.
 
+`rpkirepo testbed advance OUT_DIR` moves an existing testbed on by one step, in place, as a live
+repository changes: every CRL and manifest is re-issued (numbers + 1, times forward), one ROA is
+revoked (file removed, EE serial on the CRL) and one added, and with --roll-key one CA rolls its
+key (RFC 6489; the VRPs stay).  Only the files that change are rewritten, so `rpkirepo publish`
+then writes one delta.  It takes only --seed and --roll-key.
+
 output:
   OUT_DIR/repository/         the rsync module's content (publish it with `rpkirepo publish`)
   OUT_DIR/ta.cer, ta.tal      the trust anchor certificate and its locator (RFC 8630)
   OUT_DIR/expected-vrps.csv   the VRPs in rpki-client's -c format
   OUT_DIR/expected-vrps.json  the VRPs ("roas") and ASPAs ("aspas") in rpki-client's -j shape
+  OUT_DIR/testbed-state.json  what advance needs (tree, serials, numbers, revocations, plans)
+  OUT_DIR/keys/NAME.pem       the CA keys (mode 0600), for advance
 
 examples:
   rpkirepo testbed ./tb --rsync-base rsync://localhost/repo/ \\
       --rrdp-base https://localhost:3000/rrdp/ --cas 3 --depth 2 --roas-per-ca 3 --seed 1
   rpkirepo publish ./tb/repository --rsync-base rsync://localhost/repo/ \\
       --https-base https://localhost:3000/rrdp/ --state-dir ./tb/publish
+  rpkirepo testbed advance ./tb --roll-key      # then the same publish command: one delta
 
 exit status: 0 written, 1 refused or failed (see the reason code), 2 usage.
 """
@@ -232,16 +242,35 @@ def build_parser() -> argparse.ArgumentParser:
         "testbed",
         help="generate a complete, valid RPKI for testing",
         description="Generate a trust anchor, a tree of CAs and their objects (RFC 6487, 6488, "
-        "6482, 9286, 6493, ASPA, RFC 9589 signing-time), a TAL and the expected RP output.",
+        "6482, 9286, 6493, ASPA, RFC 9589 signing-time), a TAL and the expected RP output; "
+        "or, with `advance`, move an existing testbed on by one step (new CRLs and manifests, "
+        "a ROA revoked and one added, optionally a CA key roll).",
         epilog=TESTBED_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common(p)
-    p.add_argument("out_dir", type=Path, help="output directory (its repository/ must be empty)")
+    # `testbed [advance] OUT_DIR`: an optional positional before OUT_DIR; with one word it is
+    # OUT_DIR (argparse matches positionals together, so `?` then takes nothing).
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=("advance",),
+        metavar="advance",
+        help="move the existing testbed in OUT_DIR on by one step instead of generating one",
+    )
+    p.add_argument(
+        "out_dir",
+        type=Path,
+        help="output directory (its repository/ must be empty); advance: an existing testbed",
+    )
     p.add_argument("--cas", type=int, default=3, help="CAs below the TA (default 3)")
     p.add_argument("--roas-per-ca", type=int, default=3, help="ROAs in each CA (default 3)")
     p.add_argument("--depth", type=int, default=2, help="levels of CAs below the TA (default 2)")
-    p.add_argument("--seed", type=int, default=0, help="seed for everything but keys (default 0)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="seed for everything but keys (default 0; advance: the testbed's seed and step)",
+    )
     p.add_argument(
         "--rsync-base",
         default="rsync://localhost/repo/",
@@ -261,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=(0, 1),
         default=0,
         help="ASPA profile: 0 (what rpki-client 8.2 parses, default) or 1 (draft-15 and later)",
+    )
+    p.add_argument(
+        "--roll-key", action="store_true", help="advance: one CA rolls its key (RFC 6489)"
     )
     p.set_defaults(func=cmd_testbed)
     return parser
@@ -415,6 +447,15 @@ def cmd_publish(args: argparse.Namespace, config: Config) -> int:
 def cmd_testbed(args: argparse.Namespace, config: Config) -> int:
     from rpkirepo.testbed import TestbedOptions, generate
 
+    if args.action == "advance":
+        return cmd_testbed_advance(args)
+    if args.roll_key:
+        raise ConfigError(Reason.USAGE, "--roll-key needs `testbed advance OUT_DIR`")
+    if args.out_dir == Path("advance"):
+        raise ConfigError(
+            Reason.USAGE,
+            "`testbed advance` needs OUT_DIR (to generate into ./advance, give its full path)",
+        )
     started = time.monotonic()
     bed = generate(
         TestbedOptions(
@@ -425,7 +466,7 @@ def cmd_testbed(args: argparse.Namespace, config: Config) -> int:
             cas=args.cas,
             roas_per_ca=args.roas_per_ca,
             depth=args.depth,
-            seed=args.seed,
+            seed=0 if args.seed is None else args.seed,
             days=args.days,
             aspa_version=args.aspa_version,
         )
@@ -435,6 +476,35 @@ def cmd_testbed(args: argparse.Namespace, config: Config) -> int:
             f"testbed: {len(bed.files)} objects, {len(bed.vrps)} VRPs, {len(bed.aspas)} ASPAs, "
             f"valid {bed.not_before:%Y-%m-%dT%H:%M:%SZ} to {bed.not_after:%Y-%m-%dT%H:%M:%SZ}, "
             f"{time.monotonic() - started:.2f}s\n  repository: {bed.repository}\n  TAL: {bed.tal}"
+        )
+    return 0
+
+
+def cmd_testbed_advance(args: argparse.Namespace) -> int:
+    from rpkirepo.testbed import TestbedOptions, advance
+
+    given = [  # generate's options that differ from their defaults
+        "--" + f.name.replace("_", "-")
+        for f in dataclasses.fields(TestbedOptions)
+        if f.name not in ("out_dir", "seed")
+        and hasattr(args, f.name)
+        and getattr(args, f.name) != f.default
+    ]
+    if args.ta_uri:
+        given.append("--ta-uri")
+    if given:  # the testbed keeps what it was generated with
+        raise ConfigError(
+            Reason.USAGE, f"testbed advance takes only --seed and --roll-key, not {given[0]}"
+        )
+    started = time.monotonic()
+    step = advance(args.out_dir, seed=args.seed, roll_key=args.roll_key)
+    if not args.quiet:
+        rolled = f", key rolled: {step.rolled_ca}" if step.rolled_ca else ""
+        print(
+            f"testbed advance: step {step.generation}, {len(step.written)} files written, "
+            f"{len(step.removed)} removed, ROA added: {step.added_roa}, "
+            f"ROA revoked: {step.revoked_roa or 'none'}{rolled}, {len(step.vrps)} VRPs, "
+            f"valid to {step.not_after:%Y-%m-%dT%H:%M:%SZ}, {time.monotonic() - started:.2f}s"
         )
     return 0
 

@@ -33,6 +33,7 @@ __all__ = [
     "OID_GBR",
     "OID_MANIFEST",
     "OID_ROA",
+    "econtent_of",
     "sign_object",
 ]
 
@@ -90,3 +91,11 @@ def sign_object(
     )
     info = cms.ContentInfo({"content_type": "signed_data", "content": signed_data})
     return cast(bytes, info.dump())
+
+
+def econtent_of(signed_object: bytes) -> tuple[str, bytes]:
+    """The eContentType (dotted) and eContent of a signed object this module wrote, so that
+    ``testbed advance`` can sign the same content again under a new key (RFC 6489)."""
+    info: Any = cms.ContentInfo.load(signed_object)
+    encap = info["content"]["encap_content_info"]
+    return cast(str, encap["content_type"].dotted), cast(bytes, encap["content"].native)

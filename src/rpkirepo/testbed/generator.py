@@ -14,7 +14,8 @@ Theory of operation.
    and one Ghostbusters record, then the manifest listing all of them.
 4. **Write** OUT_DIR/repository/ (rsync module layout), OUT_DIR/ta.cer, OUT_DIR/ta.tal and the
    expected RP output; every file's mtime is its signing-time (RFC 9589) or its thisUpdate /
-   notBefore.
+   notBefore.  OUT_DIR/testbed-state.json and OUT_DIR/keys/ keep what
+   :func:`rpkirepo.testbed.advance` needs to continue the testbed (:mod:`.state`).
 
 Layout below the rsync base (``BASE``): ``BASE/ta/`` is the TA's publication point,
 ``BASE/ca-N/`` that of CA N (a flat namespace; CA N's certificate is in its parent's point).
@@ -44,6 +45,7 @@ from .keys import KeyPair, new_key
 from .manifest import encode_manifest
 from .resources import AsRange, ResourceSet, split_as_range, split_prefix
 from .roa import RoaPrefix, encode_roa
+from .state import AspaState, CaState, RoaState, TestbedState, save_key, save_state
 from .tal import encode_tal
 
 __all__ = ["Testbed", "TestbedOptions", "generate"]
@@ -94,6 +96,14 @@ class _Ca:
     own6: IPv6Network = TA_IPV6
     own_as: AsRange = TA_ASNS
     key: KeyPair | None = None
+    #: The name of its manifest and CRL (``stem.mft``, ``stem.crl``): its name, until a key
+    #: roll (``testbed advance``) gives the new key's objects new names, as CAs that name them
+    #: after the key do.
+    stem: str | None = None
+
+    @property
+    def file_stem(self) -> str:
+        return self.name if self.stem is None else self.stem
 
     @property
     def keypair(self) -> KeyPair:
@@ -245,6 +255,7 @@ class _Writer:
         self.not_after = now + timedelta(days=opts.days)
         self.objects: dict[str, bytes] = {}  # path below the rsync module -> DER
         self.mtimes: dict[str, datetime] = {}
+        self.ee_serials: dict[str, int] = {}  # path below the rsync base -> its EE's serial
 
     def pub_point(self, ca: _Ca) -> str:
         return f"{ca.name}/"
@@ -266,7 +277,7 @@ class _Writer:
             not_after=self.not_after,
             resources=resources,
             ca_repository=self.uri(point),
-            rpki_manifest=self.uri(f"{point}{ca.name}.mft"),
+            rpki_manifest=self.uri(f"{point}{ca.file_stem}.mft"),
             rpki_notify=self.notify,
             ca_issuers=None if ca.parent is None else self.aia_of(ca.parent),
             crl_uri=None if ca.parent is None else self.uri(self.crl_path(ca.parent)),
@@ -282,19 +293,21 @@ class _Writer:
         return self.uri(f"{self.pub_point(issuer.parent)}{issuer.name}.cer")
 
     def crl_path(self, ca: _Ca) -> str:
-        return f"{self.pub_point(ca)}{ca.name}.crl"
+        return f"{self.pub_point(ca)}{ca.file_stem}.crl"
 
     def signed(
         self, ca: _Ca, rel: str, econtent_type: str, econtent: bytes, resources: ResourceSet
     ) -> bytes:
         """A signed object issued by ``ca`` with a fresh one-time EE key (RFC 6487 §3)."""
         ee_key = new_key()
+        subject_cn = _hexname(self.rng)
+        serial = self.ee_serials[rel] = self.rng.randrange(1, 2**63)
         ee = issue_certificate(
             CertRequest(
                 kind=CertKind.EE,
-                subject_cn=_hexname(self.rng),
+                subject_cn=subject_cn,
                 subject_key=ee_key,
-                serial=self.rng.randrange(1, 2**63),
+                serial=serial,
                 not_before=self.not_before,
                 not_after=self.not_after,
                 resources=resources,
@@ -391,7 +404,68 @@ def generate(opts: TestbedOptions) -> Testbed:
             signed = file.rsplit(".", 1)[1] in ("roa", "asa", "gbr")
             w.put(point + file, data, w.signing_time if signed else w.not_before)
         w.put(point + mft_file, mft, w.signing_time)
-    return _write(opts, w, ta_der, ta, ta_uris, vrps, aspas)
+    state = _initial_state(opts, w, cas, ta_uris, roa_plans, aspa_plans)
+    return _write(opts, w, ta_der, ta, ta_uris, vrps, aspas, state, cas)
+
+
+def _initial_state(
+    opts: TestbedOptions,
+    w: _Writer,
+    cas: list[_Ca],
+    ta_uris: tuple[str, ...],
+    roa_plans: dict[str, list[_RoaPlan]],
+    aspa_plans: dict[str, tuple[int, tuple[int, ...]]],
+) -> TestbedState:
+    """What :func:`rpkirepo.testbed.advance` needs to continue from this run."""
+    out = []
+    for ca in cas:
+        point = w.pub_point(ca)
+        roas = tuple(
+            RoaState(p.file, p.asn, p.prefixes, w.ee_serials[point + p.file], w.not_after)
+            for p in roa_plans.get(ca.name, ())
+        )
+        aspa = None
+        if ca.parent is not None:
+            customer, providers = aspa_plans[ca.name]
+            aspa = AspaState(f"AS{customer}.asa", customer, providers)
+        out.append(
+            CaState(
+                name=ca.name,
+                cn=ca.cn,
+                stem=ca.file_stem,
+                parent=None if ca.parent is None else ca.parent.name,
+                children=tuple(c.name for c in ca.children),
+                serial=ca.serial,
+                not_after=w.not_after,
+                ipv4=ca.ipv4,
+                ipv6=ca.ipv6,
+                asns=ca.asns,
+                own4=ca.own4,
+                own6=ca.own6,
+                own_as=ca.own_as,
+                manifest_number=1,
+                crl_number=1,
+                manifest_ee_serial=w.ee_serials[f"{point}{ca.name}.mft"],
+                manifest_ee_not_after=w.not_after,
+                revoked=(),
+                roas=roas,
+                next_roa=len(roas) + 1,
+                aspa=aspa,
+                gbr=None if ca.parent is None else f"{ca.name}.gbr",
+            )
+        )
+    return TestbedState(
+        rsync_base=opts.rsync_base,
+        rrdp_base=opts.rrdp_base,
+        ta_uris=ta_uris,
+        days=opts.days,
+        aspa_version=opts.aspa_version,
+        seed=opts.seed,
+        generation=0,
+        signing_time=w.signing_time,
+        expires=w.not_after,
+        cas=tuple(out),
+    )
 
 
 def _write(
@@ -402,6 +476,8 @@ def _write(
     ta_uris: tuple[str, ...],
     vrps: set[Vrp],
     aspas: set[ExpectedAspa],
+    state: TestbedState,
+    cas: list[_Ca],
 ) -> Testbed:
     out = opts.out_dir
     repo = out / "repository"
@@ -427,6 +503,9 @@ def _write(
         (out / "expected-vrps.json").write_text(vrps_json(vrps, aspas, TA_NAME, expires))
     except OSError as exc:
         raise StorageError(Reason.STORAGE_IO, f"cannot write the testbed: {exc}") from exc
+    for ca in cas:  # what `testbed advance` needs (RFC 6489 key rolls, new CRLs and manifests)
+        save_key(out, ca.name, ca.keypair)
+    save_state(out, state)
     return Testbed(
         out_dir=out,
         repository=repo,
