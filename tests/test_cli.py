@@ -127,6 +127,25 @@ def test_bad_config_is_a_clear_error(
     assert f"[{reason.value}]" in capsys.readouterr().err
 
 
+def test_shrink_guard_from_the_command_line(
+    tmp_path: Path, corpus_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, data in enumerate(_objects(corpus_dir, 12)):
+        (src / f"r{i}.roa").write_bytes(data)
+    argv = ["publish", str(src), "--rsync-base", "rsync://h/m/", "--https-base", "https://h/r/",
+            "--state-dir", str(tmp_path / "s")]  # fmt: skip
+    assert main(argv) == 0
+    for p in src.iterdir():
+        p.unlink()
+    capsys.readouterr()
+    assert main(argv) == 1
+    assert "[source-shrink-refused]" in capsys.readouterr().err
+    assert main([*argv, "--force", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["removed"] == 12
+
+
 def test_bad_uri_flag_is_refused_with_reason(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

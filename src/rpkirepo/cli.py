@@ -116,6 +116,8 @@ PUBLISH_KEYS = frozenset(
         "rsync_include_host",
         "rsync_max_revisions",
         "metrics_file",
+        "max_shrink",
+        "force",
     }
 )
 
@@ -204,6 +206,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--rsync-max-revisions", type=int, help="most rsync revision trees kept (default 200)"
+    )
+    p.add_argument(
+        "--max-shrink",
+        type=float,
+        help="refuse a run that withdraws more than this share of the objects (default 0.5)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        default=None,
+        help="publish even when the shrink guard objects",
     )
     p.add_argument("--metrics-file", type=Path, help="write Prometheus metrics to this file")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
@@ -345,6 +358,8 @@ def cmd_publish(args: argparse.Namespace, config: Config) -> int:
         skip_invalid=bool(_pick(args, table, "skip_invalid", False)),
         rsync_include_host=bool(_pick(args, table, "rsync_include_host", False)),
         rsync_max_revisions=int(_pick(args, table, "rsync_max_revisions", 200)),
+        max_shrink=float(_pick(args, table, "max_shrink", 0.5)),
+        force=bool(_pick(args, table, "force", False)),
         limits=config.limits,
     )
     if not opts.rsync_base.is_directory or not opts.https_base.is_directory:

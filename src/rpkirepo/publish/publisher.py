@@ -8,7 +8,8 @@
    state, after checking that every file the notification names exists with its recorded size;
    remove leftovers of a crashed run (never visible to clients).
 4. Scan the source by stat signature; read and hash only files whose signature changed.
-   Bad files stop the run before anything is written (or are skipped with --skip-invalid).
+   Bad files stop the run before anything is written (or are skipped with --skip-invalid), and
+   so does a run that would withdraw most of the repository (the shrink guard).
 5. Nothing changed: stop, writing nothing (only the stat signatures are refreshed).
 6. Write, invisible to clients: the new objects into an rsync revision tree under a temporary
    name, the delta, the snapshot (from buckets, see :mod:`rpkirepo.publish.snapshot`) and their
