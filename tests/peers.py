@@ -59,6 +59,14 @@ class PeerError(RuntimeError):
 # small process and socket utilities
 
 
+def unexpected_lines(text: str, allowed: Iterable[str]) -> list[str]:
+    """The non-empty lines of a peer's output that match none of the ``allowed`` regexes."""
+    patterns = [re.compile(p) for p in allowed]
+    return [
+        line for line in text.splitlines() if line and not any(p.fullmatch(line) for p in patterns)
+    ]
+
+
 def tail(path: Path, lines: int = 40) -> str:
     """The last lines of a log file, for error messages ('' when it does not exist)."""
     try:

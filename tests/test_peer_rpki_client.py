@@ -50,6 +50,7 @@ from peers import (
     rpki_client_supports_epoch,
     rsync_daemon,
     run_rpki_client,
+    unexpected_lines,
     validity_window,
 )
 
@@ -353,11 +354,7 @@ def assert_accepted(run: Run, krill: Repository) -> None:
     """Exit 0, no warning, every object validated, exactly the expected VRPs."""
     result, ctx = run.result, run.context()
     assert result.returncode == 0, ctx
-    warnings = [
-        line
-        for line in result.stderr.splitlines()
-        if line and not any(re.fullmatch(p, line) for p in EXPECTED_STDERR)
-    ]
+    warnings = unexpected_lines(result.stderr, EXPECTED_STDERR)
     assert warnings == [], "rpki-client warned:\n" + "\n".join(warnings) + "\n\n" + ctx
 
     meta = result.metadata()

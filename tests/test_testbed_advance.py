@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from peers import (
     public_dir,
     rsync_daemon,
     run_rpki_client,
+    unexpected_lines,
 )
 from rpkirepo.errors import ConfigError, Reason, StorageError
 from rpkirepo.objects import (
@@ -502,11 +502,7 @@ def test_rpki_client_follows_the_advance_by_one_delta(peer_root: Path) -> None:
             else:
                 assert f"pulling from {rsync_base}" in result.stderr, ctx
                 assert nginx.access_entries(mark) == [], ctx
-            warnings = [
-                line
-                for line in result.stderr.splitlines()
-                if line and not any(re.fullmatch(p, line) for p in EXPECTED_STDERR)
-            ]
+            warnings = unexpected_lines(result.stderr, EXPECTED_STDERR)
             assert warnings == [], "rpki-client warned:\n" + "\n".join(warnings) + "\n" + ctx
             meta = result.metadata()
             for key in ("invalidcertificates", "failedmanifests", "stalemanifests"):

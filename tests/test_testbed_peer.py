@@ -41,6 +41,7 @@ from peers import (
     public_dir,
     rsync_daemon,
     run_rpki_client,
+    unexpected_lines,
 )
 
 pytestmark = pytest.mark.peer
@@ -212,11 +213,7 @@ def test_rpki_client_validates_the_testbed(
         f"{served.rsync.log_text(rsync_mark)}"
     )
     assert result.returncode == 0, ctx
-    warnings = [
-        line
-        for line in result.stderr.splitlines()
-        if line and not any(re.fullmatch(p, line) for p in EXPECTED_STDERR)
-    ]
+    warnings = unexpected_lines(result.stderr, EXPECTED_STDERR)
     assert warnings == [], "rpki-client warned:\n" + "\n".join(warnings) + "\n\n" + ctx
 
     if rsync_only:
