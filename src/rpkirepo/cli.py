@@ -307,6 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--roll-key", action="store_true", help="advance: one CA rolls its key (RFC 6489)"
     )
+    p.add_argument(
+        "--scale",
+        type=int,
+        metavar="N",
+        help="benchmark mode: about N objects (100..2000000; replaces --cas, --roas-per-ca, "
+        "--depth), signed on every CPU with a small pool of reused keys. That breaks RFC 6487 "
+        "(one-time-use EE keys, one key per CA): for benchmarks only, not for validation tests; "
+        "writes no state for `advance`",
+    )
     p.set_defaults(func=cmd_testbed)
     return parser
 
@@ -484,6 +493,7 @@ def cmd_testbed(args: argparse.Namespace, config: Config) -> int:
             seed=0 if args.seed is None else args.seed,
             days=args.days,
             aspa_version=args.aspa_version,
+            scale=args.scale,
         )
     )
     if not args.quiet:

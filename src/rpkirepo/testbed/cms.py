@@ -26,6 +26,7 @@ from typing import Any, Final, cast
 from asn1crypto import algos, cms, core
 from asn1crypto import x509 as asn1_x509
 
+from . import der
 from .keys import KeyPair
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "OID_ROA",
     "econtent_of",
     "sign_object",
+    "sign_object_der",
 ]
 
 OID_ROA: Final = "1.2.840.113549.1.9.16.1.24"  # id-ct-routeOriginAuthz (RFC 9582 §3)
@@ -91,6 +93,63 @@ def sign_object(
     )
     info = cms.ContentInfo({"content_type": "signed_data", "content": signed_data})
     return cast(bytes, info.dump())
+
+
+_OID_SIGNED_DATA: Final = "1.2.840.113549.1.7.2"
+_OID_SHA256: Final = "2.16.840.1.101.3.4.2.1"
+_OID_RSA: Final = "1.2.840.113549.1.1.1"
+_OID_CONTENT_TYPE: Final = "1.2.840.113549.1.9.3"
+_OID_MESSAGE_DIGEST: Final = "1.2.840.113549.1.9.4"
+_OID_SIGNING_TIME: Final = "1.2.840.113549.1.9.5"
+_UTC_TIME: Final = 0x17
+
+
+def sign_object_der(
+    econtent_type: str,
+    econtent: bytes,
+    ee_certificate: bytes,
+    ee_key: KeyPair,
+    signing_time: datetime,
+) -> bytes:
+    """:func:`sign_object`, byte for byte, assembled directly in DER (no asn1crypto objects):
+    several times faster, for the testbed's scale mode."""
+    when = signing_time.astimezone(UTC).replace(microsecond=0)
+    if not 1950 <= when.year < 2050:
+        raise ValueError("signing-time outside UTCTime (RFC 5652 §11.3)")
+    attrs = [
+        der.sequence(der.oid(_OID_CONTENT_TYPE), der.set_of(der.oid(econtent_type))),
+        der.sequence(
+            der.oid(_OID_MESSAGE_DIGEST),
+            der.set_of(der.octet_string(hashlib.sha256(econtent).digest())),
+        ),
+        der.sequence(
+            der.oid(_OID_SIGNING_TIME),
+            der.set_of(der.tlv(_UTC_TIME, when.strftime("%y%m%d%H%M%SZ").encode())),
+        ),
+    ]
+    signed_attrs = der.set_of(*attrs)
+    sha256 = der.sequence(der.oid(_OID_SHA256), der.null())  # as asn1crypto writes it
+    signer = der.sequence(
+        der.integer(3),
+        der.context(0, ee_key.ski, constructed=False),
+        sha256,
+        der.context(0, signed_attrs[_header_length(signed_attrs) :]),
+        der.sequence(der.oid(_OID_RSA), der.null()),
+        der.octet_string(ee_key.sign(signed_attrs)),
+    )
+    signed_data = der.sequence(
+        der.integer(3),
+        der.set_of(sha256),
+        der.sequence(der.oid(econtent_type), der.context(0, der.octet_string(econtent))),
+        der.context(0, ee_certificate),
+        der.set_of(signer),
+    )
+    return der.sequence(der.oid(_OID_SIGNED_DATA), der.context(0, signed_data))
+
+
+def _header_length(tlv: bytes) -> int:
+    """The length of a DER TLV's tag and length octets (single-octet tag)."""
+    return 2 if tlv[1] < 0x80 else 2 + (tlv[1] & 0x7F)
 
 
 def econtent_of(signed_object: bytes) -> tuple[str, bytes]:

@@ -17,15 +17,24 @@ Theory of operation.
    notBefore.  OUT_DIR/testbed-state.json and OUT_DIR/keys/ keep what
    :func:`rpkirepo.testbed.advance` needs to continue the testbed (:mod:`.state`).
 
+Scale mode (``TestbedOptions.scale``, benchmarks only): about N objects, the tree's shape derived
+from N (:func:`scale_options`), keys from a small pool reused by many CAs and EE certificates
+(:class:`_KeyPool`, against RFC 6487 §3), points signed and written one by one in forked worker
+processes (:func:`_sign_scaled`), no state for ``advance``.  See docs/testbed.md, *Scale mode*.
+
 Layout below the rsync base (``BASE``): ``BASE/ta/`` is the TA's publication point,
 ``BASE/ca-N/`` that of CA N (a flat namespace; CA N's certificate is in its parent's point).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
+import multiprocessing
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Network, IPv6Network
@@ -77,6 +86,11 @@ class TestbedOptions:
     days: float = 7.0
     now: datetime | None = None
     aspa_version: int = 0
+    #: Scale mode (benchmarks only): about this many objects, keys from a small pool; see
+    #: :func:`scale_options`.  Overrides ``cas``, ``roas_per_ca`` and ``depth``.
+    scale: int | None = None
+    #: Scale mode: worker processes that sign (0: one per CPU).
+    jobs: int = 0
 
 
 @dataclass
@@ -147,7 +161,7 @@ def _check(opts: TestbedOptions) -> tuple[RsyncUri, HttpsUri | None]:
         raise _usage("need 1 <= --depth <= --cas (every level holds at least one CA)")
     if not 1 <= opts.roas_per_ca <= 256:
         raise _usage("--roas-per-ca must be 1..256")
-    if opts.cas > 1000:
+    if opts.cas > 1000 and opts.scale is None:
         raise _usage("--cas must be at most 1000")
     if not 0 < opts.days <= 3650:
         raise _usage("--days must be in (0, 3650]")
@@ -256,6 +270,10 @@ class _Writer:
         self.objects: dict[str, bytes] = {}  # path below the rsync module -> DER
         self.mtimes: dict[str, datetime] = {}
         self.ee_serials: dict[str, int] = {}  # path below the rsync base -> its EE's serial
+        #: A fresh key per EE certificate; scale mode takes them from a pool (:class:`_KeyPool`).
+        self.new_ee_key: Callable[[], KeyPair] = new_key
+        #: Scale mode uses :func:`cms.sign_object_der` (the same bytes, faster).
+        self.sign_object = cms.sign_object
 
     def pub_point(self, ca: _Ca) -> str:
         return f"{ca.name}/"
@@ -299,7 +317,7 @@ class _Writer:
         self, ca: _Ca, rel: str, econtent_type: str, econtent: bytes, resources: ResourceSet
     ) -> bytes:
         """A signed object issued by ``ca`` with a fresh one-time EE key (RFC 6487 §3)."""
-        ee_key = new_key()
+        ee_key = self.new_ee_key()
         subject_cn = _hexname(self.rng)
         serial = self.ee_serials[rel] = self.rng.randrange(1, 2**63)
         ee = issue_certificate(
@@ -318,7 +336,7 @@ class _Writer:
             ca.cn,
             ca.keypair,
         )
-        return cms.sign_object(econtent_type, econtent, ee, ee_key, self.signing_time)
+        return self.sign_object(econtent_type, econtent, ee, ee_key, self.signing_time)
 
     def put(self, rel: str, data: bytes, mtime: datetime) -> None:
         """Keep an object at ``rel`` below the rsync base."""
@@ -337,6 +355,7 @@ TA_CERT_REL: Final = "ta.cer"
 
 def generate(opts: TestbedOptions) -> Testbed:
     """Plan, key, sign and write a testbed into ``opts.out_dir``; see the module docstring."""
+    opts = scale_options(opts)
     base, _rrdp = _check(opts)
     rng = random.Random(opts.seed)
     cas = _plan_tree(opts, rng)
@@ -349,63 +368,90 @@ def generate(opts: TestbedOptions) -> Testbed:
         providers = tuple(sorted(rng.sample(pool, rng.randint(1, 3))))
         aspa_plans[ca.name] = (ca.own_as.first, providers)
 
+    key_pool = None if opts.scale is None else _KeyPool()
     for ca in cas:  # the only non-deterministic step
-        ca.key = new_key()
+        if key_pool is None or ca.parent is None:
+            ca.key = new_key()
+        else:
+            ca.key = key_pool.ca_key(ca.parent.keypair)
 
     ta_uris = opts.ta_uris or (base.uri + TA_CERT_REL,)
     w = _Writer(opts, base, ta_uris, rng)
-    inherit = ResourceSet(inherit_ip=True, inherit_as=True)
+    if key_pool is not None:
+        w.new_ee_key = key_pool.ee_key
+        w.sign_object = cms.sign_object_der
     ta_der = w.ca_certificate(ta, w.resources(ta))
     vrps: set[Vrp] = set()
     aspas: set[ExpectedAspa] = set()
+    files: dict[str, str] = {}
+    if opts.scale is not None:
+        files, vrps, aspas = _sign_scaled(opts, w, cas, roa_plans, aspa_plans)
+        return _write(opts, w, ta_der, ta, ta_uris, vrps, aspas, None, cas, files)
     for ca in cas:
-        point = w.pub_point(ca)
-        files: dict[str, bytes] = {}
-        for child in ca.children:
-            der_child = w.ca_certificate(child, w.resources(child))
-            files[f"{child.name}.cer"] = der_child
-        files[f"{ca.name}.crl"] = issue_crl(ca.cn, ca.keypair, 1, w.not_before, w.not_after)
-        if ca.parent is not None:
-            for plan in roa_plans[ca.name]:
-                rel = point + plan.file
-                nets = [p.prefix for p in plan.prefixes]
-                ee_res = ResourceSet(
-                    ipv4=tuple(n for n in nets if isinstance(n, IPv4Network)),
-                    ipv6=tuple(n for n in nets if isinstance(n, IPv6Network)),
-                )
-                files[plan.file] = w.signed(
-                    ca, rel, cms.OID_ROA, encode_roa(plan.asn, plan.prefixes), ee_res
-                )
-                vrps |= {
-                    Vrp(plan.asn, str(p.prefix), p.effective_max_length) for p in plan.prefixes
-                }
-            customer, providers = aspa_plans[ca.name]
-            aspa_file = f"AS{customer}.asa"
-            files[aspa_file] = w.signed(
-                ca,
-                point + aspa_file,
-                cms.OID_ASPA,
-                encode_aspa(customer, providers, opts.aspa_version),
-                ResourceSet(asns=(AsRange(customer, customer),)),
-            )
-            aspas.add(ExpectedAspa(customer, providers))
-            gbr_file = f"{ca.name}.gbr"
-            vcard = encode_vcard(
-                full_name=f"RPKI operations of {ca.name}",
-                org=f"rpkirepo testbed {ca.name}",
-                email=f"rpki-{ca.name}@example.net",
-                phone=f"+1-555-01{rng.randrange(100):02d}",
-            )
-            files[gbr_file] = w.signed(ca, point + gbr_file, cms.OID_GBR, vcard, inherit)
-        mft_file = f"{ca.name}.mft"
-        econtent = encode_manifest(1, w.not_before, w.not_after, files)
-        mft = w.signed(ca, point + mft_file, cms.OID_MANIFEST, econtent, inherit)
-        for file, data in files.items():
-            signed = file.rsplit(".", 1)[1] in ("roa", "asa", "gbr")
-            w.put(point + file, data, w.signing_time if signed else w.not_before)
-        w.put(point + mft_file, mft, w.signing_time)
+        point_vrps, point_aspas = _sign_point(w, ca, roa_plans, aspa_plans, opts.aspa_version)
+        vrps |= point_vrps
+        aspas |= point_aspas
     state = _initial_state(opts, w, cas, ta_uris, roa_plans, aspa_plans)
-    return _write(opts, w, ta_der, ta, ta_uris, vrps, aspas, state, cas)
+    return _write(opts, w, ta_der, ta, ta_uris, vrps, aspas, state, cas, files)
+
+
+def _sign_point(
+    w: _Writer,
+    ca: _Ca,
+    roa_plans: dict[str, list[_RoaPlan]],
+    aspa_plans: dict[str, tuple[int, tuple[int, ...]]],
+    aspa_version: int,
+) -> tuple[set[Vrp], set[ExpectedAspa]]:
+    """Sign ``ca``'s publication point into ``w``: its children's certificates, its CRL, (below
+    the TA) its ROAs, ASPA and Ghostbusters record, then its manifest.  Returns the VRPs and
+    ASPAs a relying party derives from it."""
+    vrps: set[Vrp] = set()
+    aspas: set[ExpectedAspa] = set()
+    inherit = ResourceSet(inherit_ip=True, inherit_as=True)
+    point = w.pub_point(ca)
+    files: dict[str, bytes] = {}
+    for child in ca.children:
+        der_child = w.ca_certificate(child, w.resources(child))
+        files[f"{child.name}.cer"] = der_child
+    files[f"{ca.name}.crl"] = issue_crl(ca.cn, ca.keypair, 1, w.not_before, w.not_after)
+    if ca.parent is not None:
+        for plan in roa_plans[ca.name]:
+            rel = point + plan.file
+            nets = [p.prefix for p in plan.prefixes]
+            ee_res = ResourceSet(
+                ipv4=tuple(n for n in nets if isinstance(n, IPv4Network)),
+                ipv6=tuple(n for n in nets if isinstance(n, IPv6Network)),
+            )
+            files[plan.file] = w.signed(
+                ca, rel, cms.OID_ROA, encode_roa(plan.asn, plan.prefixes), ee_res
+            )
+            vrps |= {Vrp(plan.asn, str(p.prefix), p.effective_max_length) for p in plan.prefixes}
+        customer, providers = aspa_plans[ca.name]
+        aspa_file = f"AS{customer}.asa"
+        files[aspa_file] = w.signed(
+            ca,
+            point + aspa_file,
+            cms.OID_ASPA,
+            encode_aspa(customer, providers, aspa_version),
+            ResourceSet(asns=(AsRange(customer, customer),)),
+        )
+        aspas.add(ExpectedAspa(customer, providers))
+        gbr_file = f"{ca.name}.gbr"
+        vcard = encode_vcard(
+            full_name=f"RPKI operations of {ca.name}",
+            org=f"rpkirepo testbed {ca.name}",
+            email=f"rpki-{ca.name}@example.net",
+            phone=f"+1-555-01{w.rng.randrange(100):02d}",
+        )
+        files[gbr_file] = w.signed(ca, point + gbr_file, cms.OID_GBR, vcard, inherit)
+    mft_file = f"{ca.name}.mft"
+    econtent = encode_manifest(1, w.not_before, w.not_after, files)
+    mft = w.signed(ca, point + mft_file, cms.OID_MANIFEST, econtent, inherit)
+    for file, data in files.items():
+        signed = file.rsplit(".", 1)[1] in ("roa", "asa", "gbr")
+        w.put(point + file, data, w.signing_time if signed else w.not_before)
+    w.put(point + mft_file, mft, w.signing_time)
+    return vrps, aspas
 
 
 def _initial_state(
@@ -476,23 +522,17 @@ def _write(
     ta_uris: tuple[str, ...],
     vrps: set[Vrp],
     aspas: set[ExpectedAspa],
-    state: TestbedState,
+    state: TestbedState | None,
     cas: list[_Ca],
+    files: dict[str, str],
 ) -> Testbed:
     out = opts.out_dir
     repo = out / "repository"
     for uri in ta_uris:  # a TA URI inside the module: the certificate is published there
         if uri.startswith(w.module):
             w.put_uri(uri, ta_der, w.not_before)
+    _flush(w, repo, files)
     try:
-        files: dict[str, str] = {}
-        for rel, data in sorted(w.objects.items()):
-            path = repo / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-            stamp = w.mtimes[rel].timestamp()
-            os.utime(path, (stamp, stamp))
-            files[rel] = rel.rsplit(".", 1)[1]
         ta_cert = out / "ta.cer"
         ta_cert.write_bytes(ta_der)
         tal = out / f"{TA_NAME}.tal"
@@ -503,9 +543,10 @@ def _write(
         (out / "expected-vrps.json").write_text(vrps_json(vrps, aspas, TA_NAME, expires))
     except OSError as exc:
         raise StorageError(Reason.STORAGE_IO, f"cannot write the testbed: {exc}") from exc
-    for ca in cas:  # what `testbed advance` needs (RFC 6489 key rolls, new CRLs and manifests)
-        save_key(out, ca.name, ca.keypair)
-    save_state(out, state)
+    if state is not None:  # what `testbed advance` needs (key rolls, new CRLs and manifests)
+        for ca in cas:
+            save_key(out, ca.name, ca.keypair)
+        save_state(out, state)
     return Testbed(
         out_dir=out,
         repository=repo,
@@ -517,3 +558,139 @@ def _write(
         not_before=w.not_before,
         not_after=w.not_after,
     )
+
+
+def _flush(w: _Writer, repo: Path, files: dict[str, str]) -> None:
+    """Write the objects ``w`` holds below ``repo`` (mtime: :attr:`_Writer.mtimes`), record
+    their kinds in ``files`` and forget them."""
+    try:
+        for rel, data in sorted(w.objects.items()):
+            path = repo / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            stamp = w.mtimes[rel].timestamp()
+            os.utime(path, (stamp, stamp))
+            files[rel] = rel.rsplit(".", 1)[1]
+    except OSError as exc:
+        raise StorageError(Reason.STORAGE_IO, f"cannot write the testbed: {exc}") from exc
+    w.objects.clear()
+    w.mtimes.clear()
+
+
+# --- Scale mode (benchmarks only) ---------------------------------------------------------------
+
+#: ROAs in each CA of a scale testbed; with its certificate, CRL, manifest, ASPA and GBR a CA
+#: brings ``SCALE_ROAS_PER_CA + 5`` objects (75 % ROAs).
+SCALE_ROAS_PER_CA: Final = 15
+SCALE_MIN: Final = 100
+SCALE_MAX: Final = 2_000_000
+#: Keys generated per run in scale mode: this many for CAs and as many for EE certificates.
+KEY_POOL_SIZE: Final = 8
+#: At most this many CAs are signed per task handed to a worker process.
+_SCALE_CHUNK: Final = 16
+
+
+def scale_options(opts: TestbedOptions) -> TestbedOptions:
+    """``opts`` with ``cas``, ``roas_per_ca`` and ``depth`` derived from ``opts.scale`` (the
+    approximate number of objects); ``opts`` itself when it has no scale."""
+    if opts.scale is None:
+        return opts
+    if not SCALE_MIN <= opts.scale <= SCALE_MAX:
+        raise _usage(f"--scale must be {SCALE_MIN}..{SCALE_MAX}")
+    cas = max(2, round((opts.scale - 2) / (SCALE_ROAS_PER_CA + 5)))
+    return dataclasses.replace(opts, cas=cas, roas_per_ca=SCALE_ROAS_PER_CA, depth=2)
+
+
+class _KeyPool:
+    """Scale mode's keys: ``KEY_POOL_SIZE`` CA keys and as many EE keys, generated once and
+    reused.  This breaks RFC 6487 §3 (one-time-use EE keys) and makes many CAs share a key:
+    fine for reading and publishing benchmarks, wrong for validation tests."""
+
+    def __init__(self, size: int = KEY_POOL_SIZE) -> None:
+        self.ca_keys = [new_key() for _ in range(size)]
+        self._ee = itertools.cycle([new_key() for _ in range(size)])
+        self._next_ca = 0
+
+    def ca_key(self, parent: KeyPair) -> KeyPair:
+        """The next CA key, never its parent's (a shared SKI/AKI would look self-signed)."""
+        key = self.ca_keys[self._next_ca % len(self.ca_keys)]
+        self._next_ca += 1
+        if key is parent:
+            return self.ca_key(parent)
+        return key
+
+    def ee_key(self) -> KeyPair:
+        return next(self._ee)
+
+
+_ScaleJob = tuple[
+    _Writer,
+    list[_Ca],
+    dict[str, list[_RoaPlan]],
+    dict[str, tuple[int, tuple[int, ...]]],
+    TestbedOptions,
+]
+#: What the forked workers sign (set by :func:`_sign_scaled` before the pool starts).
+_scale_job: _ScaleJob | None = None
+
+
+#: What a worker returns: the files it wrote (path -> kind), VRPs, ASPAs, and why it stopped
+#: writing (rpkirepo's errors do not survive pickling, so only their text crosses back).
+_ChunkResult = tuple[dict[str, str], set[Vrp], set[ExpectedAspa], str | None]
+
+
+def _scale_chunk(indices: list[int]) -> _ChunkResult:
+    """Sign and write the publication points of ``cas[i]`` for ``i`` in ``indices``; each CA
+    gets an RNG of its own (seed and name), so the output does not depend on the workers."""
+    if _scale_job is None:
+        raise RuntimeError("no scale job")
+    w, cas, roa_plans, aspa_plans, opts = _scale_job
+    files: dict[str, str] = {}
+    vrps: set[Vrp] = set()
+    aspas: set[ExpectedAspa] = set()
+    try:
+        for i in indices:
+            ca = cas[i]
+            w.rng = random.Random(f"{opts.seed}/{ca.name}")
+            point_vrps, point_aspas = _sign_point(w, ca, roa_plans, aspa_plans, opts.aspa_version)
+            vrps |= point_vrps
+            aspas |= point_aspas
+            _flush(w, opts.out_dir / "repository", files)
+    except StorageError as exc:
+        return files, vrps, aspas, str(exc.__cause__ or exc)
+    return files, vrps, aspas, None
+
+
+def _sign_scaled(
+    opts: TestbedOptions,
+    w: _Writer,
+    cas: list[_Ca],
+    roa_plans: dict[str, list[_RoaPlan]],
+    aspa_plans: dict[str, tuple[int, tuple[int, ...]]],
+) -> tuple[dict[str, str], set[Vrp], set[ExpectedAspa]]:
+    """Sign and write every publication point, point by point (memory stays flat), in
+    ``opts.jobs`` forked worker processes (0: one per CPU)."""
+    global _scale_job
+    jobs = opts.jobs or len(os.sched_getaffinity(0))
+    size = max(1, min(_SCALE_CHUNK, -(-len(cas) // (4 * jobs))))  # >= 4 tasks per worker
+    chunks = [list(range(i, min(i + size, len(cas)))) for i in range(0, len(cas), size)]
+    files: dict[str, str] = {}
+    vrps: set[Vrp] = set()
+    aspas: set[ExpectedAspa] = set()
+    _scale_job = (w, cas, roa_plans, aspa_plans, opts)
+    try:
+        if jobs <= 1 or len(chunks) == 1:
+            results = [_scale_chunk(chunk) for chunk in chunks]
+        else:
+            context = multiprocessing.get_context("fork")  # the workers inherit the keys
+            with context.Pool(min(jobs, len(chunks))) as workers:
+                results = list(workers.imap_unordered(_scale_chunk, chunks))
+    finally:
+        _scale_job = None
+    for chunk_files, chunk_vrps, chunk_aspas, failure in results:
+        if failure is not None:
+            raise StorageError(Reason.STORAGE_IO, f"cannot write the testbed: {failure}")
+        files.update(chunk_files)
+        vrps |= chunk_vrps
+        aspas |= chunk_aspas
+    return files, vrps, aspas
