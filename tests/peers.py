@@ -37,6 +37,8 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -1324,3 +1326,91 @@ def validity_window(objects_dir: Path) -> ValidityWindow:
     if start[0] >= end[0]:
         raise ValueError(f"no common validity: {start} starts after {end} ends")
     return ValidityWindow(start[0], end[0], start[1], end[1])
+
+
+# --------------------------------------------------------------------------------------------
+# Shared fixtures of the peer test modules
+
+
+@contextlib.contextmanager
+def peer_scratch(prefix: str, why: str) -> Iterator[Path]:
+    """A world-traversable scratch directory for peer tests that need root (port 873,
+    ``unshare --mount``, privilege drops): servers run as nobody, rpki-client as _rpki-client,
+    and neither can enter pytest's 0700 tmp_path.  Without root: skip locally, fail in CI
+    (RPKIREPO_REQUIRE_PEERS=1).  Kept when RPKIREPO_KEEP_PEER_DIRS is set."""
+    import pytest  # only the test modules import this module
+
+    if os.geteuid() != 0:
+        message = f"peer tests with {why} need root (port 873, unshare --mount)"
+        if os.environ.get("RPKIREPO_REQUIRE_PEERS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        if os.environ.get("RPKIREPO_KEEP_PEER_DIRS"):
+            print(f"\npeer directories kept in {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def run_rpkirepo(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real ``rpkirepo`` CLI in a child process; a non-zero exit fails the test with its
+    output."""
+    import pytest
+
+    argv = [sys.executable, "-m", "rpkirepo", *args]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    if proc.returncode != 0:
+        pytest.fail(f"{argv} exited {proc.returncode}\n{proc.stderr}\n{proc.stdout}")
+    return proc
+
+
+@dataclass(frozen=True)
+class Served:
+    """A published repository behind the real nginx (TLS) and the real rsync daemon."""
+
+    nginx: NginxServer
+    rsync: RsyncServer
+    tls: TlsCa
+
+
+@contextlib.contextmanager
+def serve_testbed(
+    root: Path,
+    testbed: Path,
+    *,
+    rsync_base: str,
+    rrdp_base: str,
+    https_port: int,
+    rsync_port: int,
+) -> Iterator[Served]:
+    """`rpkirepo publish` a testbed's repository into ROOT/publish, then serve its RRDP files
+    (and the TA certificate at /ta/ta.cer) with nginx over TLS and ``current`` as rsync module
+    ``repo``, until the block ends."""
+    out = public_dir(root / "publish")
+    run_rpkirepo(
+        "publish", str(testbed / "repository"),
+        "--rsync-base", rsync_base, "--https-base", rrdp_base,
+        "--state-dir", str(out / "state"), "--rrdp-dir", str(out / "rrdp"),
+        "--rsync-dir", str(out / "rsync"),
+    )  # fmt: skip
+    tls = make_tls_ca(root / "tls", names=("localhost",))
+    with (
+        nginx_tls(
+            root / "nginx",
+            tls,
+            {"/rrdp/": out / "rrdp", "/ta/ta.cer": testbed / "ta.cer"},
+            port=https_port,
+            binary=shutil.which("nginx") or "/usr/sbin/nginx",
+        ) as nginx,
+        rsync_daemon(
+            root / "rsyncd",
+            {"repo": out / "rsync" / "current"},
+            port=rsync_port,
+            binary=shutil.which("rsync") or "rsync",
+        ) as rsync,
+    ):
+        yield Served(nginx, rsync, tls)

@@ -29,28 +29,21 @@ the throwaway CA, /etc/hosts maps localhost to 127.0.0.1 only.  Both RPs run as 
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from conftest import require_peer
 from peers import (
-    NginxServer,
     RelyingPartyResult,
-    RsyncServer,
-    TlsCa,
-    make_tls_ca,
-    nginx_tls,
-    public_dir,
-    rsync_daemon,
+    Served,
+    peer_scratch,
     run_fort,
     run_octorpki,
+    run_rpkirepo,
+    serve_testbed,
 )
 from test_testbed_peer import (
     HTTPS_PORT,
@@ -61,7 +54,6 @@ from test_testbed_peer import (
     TA_HTTPS,
     TA_RSYNC,
     expected,
-    run_cli,
 )
 
 pytestmark = pytest.mark.peer
@@ -86,27 +78,15 @@ OCTORPKI_UNKNOWN_TYPE = "file error for certificate: Unknown file type"
 @pytest.fixture(scope="module")
 def root() -> Iterator[Path]:
     """World-traversable scratch (servers and RPs run as nobody)."""
-    if os.geteuid() != 0:
-        message = "peer tests with FORT/OctoRPKI need root (port 873, unshare --mount)"
-        if os.environ.get("RPKIREPO_REQUIRE_PEERS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    path = Path(tempfile.mkdtemp(prefix="rpkirepo-rps-"))
-    path.chmod(0o755)
-    try:
+    with peer_scratch("rpkirepo-rps-", "FORT/OctoRPKI") as path:
         yield path
-    finally:
-        if os.environ.get("RPKIREPO_KEEP_PEER_DIRS"):
-            print(f"\npeer directories kept in {path}")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def testbed(root: Path) -> Path:
     """The same testbed as test_testbed_peer.py (seed 11, 3 CAs, depth 2)."""
     out = root / "testbed"
-    run_cli(
+    run_rpkirepo(
         "testbed", str(out), "--cas", "3", "--depth", "2", "--roas-per-ca", "3",
         "--seed", "11", "--rsync-base", RSYNC_BASE, "--rrdp-base", RRDP_BASE,
         "--ta-uri", TA_HTTPS, "--ta-uri", TA_RSYNC,
@@ -114,41 +94,15 @@ def testbed(root: Path) -> Path:
     return out
 
 
-@dataclass(frozen=True)
-class Served:
-    nginx: NginxServer
-    rsync: RsyncServer
-    tls: TlsCa
-
-
 @pytest.fixture(scope="module")
 def served(testbed: Path, root: Path) -> Iterator[Served]:
     for peer in ("nginx", "rsync", "unshare", "setpriv", "openssl"):
         require_peer(peer)
-    out = public_dir(root / "publish")
-    run_cli(
-        "publish", str(testbed / "repository"),
-        "--rsync-base", RSYNC_BASE, "--https-base", RRDP_BASE,
-        "--state-dir", str(out / "state"), "--rrdp-dir", str(out / "rrdp"),
-        "--rsync-dir", str(out / "rsync"),
-    )  # fmt: skip
-    tls = make_tls_ca(root / "tls", names=("localhost",))
-    with (
-        nginx_tls(
-            root / "nginx",
-            tls,
-            {"/rrdp/": out / "rrdp", "/ta/ta.cer": testbed / "ta.cer"},
-            port=HTTPS_PORT,
-            binary=require_peer("nginx"),
-        ) as nginx,
-        rsync_daemon(
-            root / "rsyncd",
-            {"repo": out / "rsync" / "current"},
-            port=RSYNC_PORT,
-            binary=require_peer("rsync"),
-        ) as rsync,
-    ):
-        yield Served(nginx, rsync, tls)
+    with serve_testbed(
+        root, testbed, rsync_base=RSYNC_BASE, rrdp_base=RRDP_BASE,
+        https_port=HTTPS_PORT, rsync_port=RSYNC_PORT,
+    ) as served:  # fmt: skip
+        yield served
 
 
 def want_vrps(testbed: Path) -> set[tuple[int, str, int]]:

@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,9 +30,11 @@ from peers import (
     ipv6_loopback_available,
     make_tls_ca,
     nginx_tls,
+    peer_scratch,
     public_dir,
     rsync_daemon,
     run_rpki_client,
+    run_rpkirepo,
     unexpected_lines,
 )
 from rpkirepo.errors import ConfigError, Reason, StorageError
@@ -402,28 +401,12 @@ EXPECTED_STDERR = [  # as in test_peer_rpki_client.py
 
 @pytest.fixture
 def peer_root() -> Iterator[Path]:
-    if os.geteuid() != 0:
-        message = "peer tests with rpki-client need root (port 873, unshare --mount)"
-        if os.environ.get("RPKIREPO_REQUIRE_PEERS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    path = Path(tempfile.mkdtemp(prefix="rpkirepo-advance-"))
-    path.chmod(0o755)
-    try:
+    with peer_scratch("rpkirepo-advance-", "rpki-client") as path:
         yield path
-    finally:
-        if os.environ.get("RPKIREPO_KEEP_PEER_DIRS"):
-            print(f"\npeer directories kept in {path}")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def cli(*args: str) -> str:
-    argv = [sys.executable, "-m", "rpkirepo", *args]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-    if proc.returncode != 0:
-        pytest.fail(f"{argv} exited {proc.returncode}\n{proc.stderr}\n{proc.stdout}")
-    return proc.stdout
+    return run_rpkirepo(*args).stdout
 
 
 def expected_rows(testbed: Path) -> set[str]:

@@ -18,29 +18,22 @@ docs/testing.md for the TLS trust and name arrangement and docs/testbed.md for t
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from conftest import require_peer
 from peers import (
-    NginxServer,
     RpkiClientResult,
-    RsyncServer,
-    TlsCa,
-    make_tls_ca,
-    nginx_tls,
-    public_dir,
-    rsync_daemon,
+    Served,
+    peer_scratch,
     run_rpki_client,
+    run_rpkirepo,
+    serve_testbed,
     unexpected_lines,
 )
 
@@ -67,36 +60,15 @@ EXPECTED_STDERR = [
 
 @pytest.fixture(scope="module")
 def root() -> Iterator[Path]:
-    """World-traversable scratch (servers run as nobody, rpki-client as _rpki-client)."""
-    if os.geteuid() != 0:
-        message = "peer tests with rpki-client need root (port 873, unshare --mount)"
-        if os.environ.get("RPKIREPO_REQUIRE_PEERS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    path = Path(tempfile.mkdtemp(prefix="rpkirepo-testbed-"))
-    path.chmod(0o755)
-    try:
+    with peer_scratch("rpkirepo-testbed-", "rpki-client") as path:
         yield path
-    finally:
-        if os.environ.get("RPKIREPO_KEEP_PEER_DIRS"):
-            print(f"\npeer directories kept in {path}")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "rpkirepo", *args]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-    if proc.returncode != 0:
-        pytest.fail(f"{argv} exited {proc.returncode}\n{proc.stderr}\n{proc.stdout}")
-    return proc
 
 
 @pytest.fixture(scope="module")
 def testbed(root: Path) -> Path:
     """`rpkirepo testbed` with the names and ports the harness fixes; 3 CAs, depth 2."""
     out = root / "testbed"
-    run_cli(
+    run_rpkirepo(
         "testbed", str(out), "--cas", "3", "--depth", "2", "--roas-per-ca", "3",
         "--seed", "11", "--rsync-base", RSYNC_BASE, "--rrdp-base", RRDP_BASE,
         "--ta-uri", TA_HTTPS, "--ta-uri", TA_RSYNC,
@@ -141,41 +113,15 @@ def test_rpki_client_inspects_every_object(testbed: Path, root: Path) -> None:
     assert seen == {"cer": 4, "crl": 4, "mft": 4, "roa": 9, "asa": 3, "gbr": 3}
 
 
-@dataclass(frozen=True)
-class Served:
-    nginx: NginxServer
-    rsync: RsyncServer
-    tls: TlsCa
-
-
 @pytest.fixture(scope="module")
 def served(testbed: Path, root: Path) -> Iterator[Served]:
     for peer in ("nginx", "rsync", "rpki-client", "unshare"):
         require_peer(peer)
-    out = public_dir(root / "publish")
-    run_cli(
-        "publish", str(testbed / "repository"),
-        "--rsync-base", RSYNC_BASE, "--https-base", RRDP_BASE,
-        "--state-dir", str(out / "state"), "--rrdp-dir", str(out / "rrdp"),
-        "--rsync-dir", str(out / "rsync"),
-    )  # fmt: skip
-    tls = make_tls_ca(root / "tls", names=("localhost",))
-    with (
-        nginx_tls(
-            root / "nginx",
-            tls,
-            {"/rrdp/": out / "rrdp", "/ta/ta.cer": testbed / "ta.cer"},
-            port=HTTPS_PORT,
-            binary=require_peer("nginx"),
-        ) as nginx,
-        rsync_daemon(
-            root / "rsyncd",
-            {"repo": out / "rsync" / "current"},
-            port=RSYNC_PORT,
-            binary=require_peer("rsync"),
-        ) as rsync,
-    ):
-        yield Served(nginx, rsync, tls)
+    with serve_testbed(
+        root, testbed, rsync_base=RSYNC_BASE, rrdp_base=RRDP_BASE,
+        https_port=HTTPS_PORT, rsync_port=RSYNC_PORT,
+    ) as served:  # fmt: skip
+        yield served
 
 
 def expected(testbed: Path) -> dict[str, list[dict[str, object]]]:
