@@ -32,7 +32,7 @@ from rpkirepo.limits import DEFAULT_LIMITS, Limits
 
 __all__ = ["Config", "load_config"]
 
-KNOWN_TABLES = frozenset({"log", "limits", "publish"})
+KNOWN_TABLES = frozenset({"log", "limits", "publish", "serve", "sync"})
 
 
 class Config:

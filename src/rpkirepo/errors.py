@@ -143,6 +143,21 @@ class Reason(StrEnum):
     CONFIG_UNKNOWN_KEY = "config-unknown-key"
     USAGE = "usage"
 
+    # --- sync (and every HTTP fetch) ---
+    HTTP_CONNECT = "http-connect-failed"
+    HTTP_TLS = "http-tls-failed"
+    HTTP_TIMEOUT = "http-timeout"
+    HTTP_STATUS = "http-status"
+    HTTP_MALFORMED = "http-malformed"
+    HTTP_CONTENT_ENCODING = "http-content-encoding"
+    HTTP_REDIRECT = "http-redirect-refused"
+    HTTP_TOO_MANY_REDIRECTS = "http-too-many-redirects"
+    SYNC_URI_OUTSIDE_BASE = "sync-uri-outside-base"
+    SYNC_DELTA_MISMATCH = "sync-delta-mismatch"
+    SYNC_SHRINK = "sync-shrink-refused"
+    SYNC_RSYNC_MODULE = "sync-rsync-module-mismatch"
+    SYNC_FILE_CHANGED = "sync-file-changed-upstream"
+
 
 class RpkiRepoError(Exception):
     """Root of every error the toolkit raises on purpose.

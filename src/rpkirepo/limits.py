@@ -69,6 +69,20 @@ class Limits:
     )
     max_source_depth: int = _limit(32, "Deepest directory nesting in a publish source directory.")
 
+    # --- sync (and every HTTP fetch) ---
+    http_read_timeout: int = _limit(
+        60,
+        "Seconds an HTTP(S) connection may stay silent (connect, headers, or body) before "
+        "the fetch fails.",
+    )
+    http_file_deadline: int = _limit(
+        1800,
+        "Seconds one HTTP(S) download may take in total, however steadily bytes arrive "
+        "(slow-drip servers, (c)7).",
+    )
+    http_max_redirects: int = _limit(
+        3, "Most HTTP redirects followed for one file (same origin only, RFC 9674)."
+    )
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)

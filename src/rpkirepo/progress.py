@@ -22,6 +22,13 @@ class TerminalProgress:
         self._stage = ""
         self._start = time.monotonic()
 
+    def close(self) -> None:
+        """End an open progress line (one without a known total)."""
+        if self.enabled and self._stage:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._stage = ""
+
     def __call__(self, stage: str, done: int, total: int) -> None:
         if not self.enabled:
             return
@@ -34,6 +41,12 @@ class TerminalProgress:
         elif done < total and now - self._last < 0.1:
             return
         self._last = now
+        if total <= 0:
+            # Unknown total (a download without Content-Length): a running count and rate.
+            rate = done / (now - self._start) if now > self._start else 0.0
+            self.stream.write(f"\r{stage:>9} {done:,} ({rate:,.0f}/s)")
+            self.stream.flush()
+            return
         width = 30
         frac = done / total if total else 1.0
         bar = "#" * int(frac * width)

@@ -148,6 +148,11 @@ class State:
     def close(self) -> None:
         self._conn.close()
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The raw connection, for set-wise SQL a caller runs inside :meth:`begin`."""
+        return self._conn
+
     # --- transactions --------------------------------------------------------------------------
 
     def begin(self) -> None:

@@ -1,0 +1,1097 @@
+"""One sync run of one repository, as a numbered recipe.
+
+1. Lock the state directory: two runs never overlap.
+2. Open the state (SQLite, the publisher's schema): the upstream session and serial, every
+   object (path, SHA-256, size, mtime), the deltas we list, the rsync trees, the files in their
+   grace period, the notification's cache validators.
+3. Recover: make what is served (``current``, our notification) agree with the committed state;
+   remove what a crashed run left unpublished.  If the served files do not match the state, the
+   state is dropped and the next step takes the snapshot.
+4. Fetch the upstream notification, conditionally (ETag / Last-Modified from the last run): an
+   unchanged notification costs one request and ends the run.
+5. Plan (:func:`rpkirepo.rrdp.plan.plan_update`): deltas when they connect our serial to the
+   upstream's, the snapshot otherwise, with the reason logged.
+6. Apply, invisible to clients: each delta (or the snapshot) is streamed once: written to a
+   staging file with its ``.gz`` sibling, parsed and hashed as it arrives, and applied to an rsync
+   revision tree under a temporary name (a ring tree brought forward from the change log, so a
+   change of k objects costs O(k)).  A delta that does not fit our state (wrong hash, unknown
+   object) or whose file hash is wrong falls back to the snapshot.  The snapshot file of the new
+   serial is copied byte for byte (hash-checked, not parsed) when deltas were applied; deltas we
+   list but never applied are fetched, parsed and hash-checked.  The shrink guard refuses a
+   snapshot that drops most of the repository.
+7. Flush the filesystems (``syncfs``), then commit the state: the run's one commit point.
+8. Make visible: swap ``current``; wait ``--rrdp-notify-delay``; write our notification (naming
+   the public URIs, listing the deltas we hold) last, atomically.
+9. Collect garbage: RRDP files and trees whose grace period (counted from when they stopped being
+   referenced) has passed.
+
+A failure at any step before 7 leaves the last good state served and committed; a crash after 7
+is completed by the next run's step 3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from isal import isal_zlib
+
+from rpkirepo.errors import (
+    ConfigError,
+    InputError,
+    IntegrityError,
+    Reason,
+    RemoteProtocolError,
+    RpkiRepoError,
+    StorageError,
+)
+from rpkirepo.fsutil import (
+    TMP_PREFIX,
+    DirLock,
+    atomic_write,
+    fsync_dir,
+    remove_tree,
+    replace_symlink,
+    sync_filesystem,
+    write_all,
+)
+from rpkirepo.httpget import Validators
+from rpkirepo.limits import DEFAULT_LIMITS, Limits
+from rpkirepo.objects import mtime_of
+from rpkirepo.publish.rsync_tree import TreeWriter, reuse_tree
+from rpkirepo.publish.snapshot import gzip_bytes
+from rpkirepo.publish.state import DeltaRow, SlotRow, State
+from rpkirepo.rrdp.model import (
+    DeltaRef,
+    FileKind,
+    NotificationFile,
+    PublishElement,
+    SessionId,
+    Sha256,
+    SnapshotRef,
+    WithdrawElement,
+)
+from rpkirepo.rrdp.parser import NEED_DATA, RrdpParser, parse_notification
+from rpkirepo.rrdp.plan import LocalRrdpState, PlanAction, UpdatePlan, plan_update
+from rpkirepo.rrdp.writer import notification_bytes
+from rpkirepo.sync.upstream import Upstream, relative_to_base
+from rpkirepo.uri import HttpsUri, RsyncUri
+
+__all__ = ["STATE_DB", "SyncOptions", "SyncResult", "read_status", "sync_once"]
+
+log = logging.getLogger("rpkirepo.sync")
+
+STATE_DB: Final = "sync.db"
+#: Objects per batch when a snapshot is compared with the state (bounds memory).
+BATCH: Final = 2000
+#: The shrink guard ignores repositories losing fewer objects than this.
+SHRINK_GUARD_MIN: Final = 10
+
+Progress = Callable[[str, int, int], None]
+
+
+def _no_progress(stage: str, done: int, total: int) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class SyncOptions:
+    """One repository to mirror.  Defaults follow the publication-server BCP."""
+
+    #: The public notification URI (what relying parties fetch from this node).
+    notification_uri: HttpsUri
+    #: Where the files are read: the hidden server (http(s) base) or a local directory.
+    upstream: Upstream
+    state_dir: Path
+    rrdp_dir: Path
+    rsync_dir: Path
+    #: Seconds new snapshot/delta files are in place before our notification names them.
+    rrdp_notify_delay: float = 0.0
+    #: Most deltas our notification lists (None: as many as upstream lists and we hold, their
+    #: total size never above the snapshot's).
+    rrdp_max_deltas: int | None = None
+    rsync_enabled: bool = True
+    rsync_include_host: bool = False
+    #: Seconds a file or tree stays after it stopped being current (BCP: 2 h).
+    cleanup_after: float = 7200.0
+    #: Most rsync revision trees kept; past it the oldest is reused before its grace ends.
+    rsync_max_revisions: int = 200
+    max_shrink: float = 0.5
+    force: bool = False
+    gzip_level: int = 3
+    limits: Limits = DEFAULT_LIMITS
+    clock: Callable[[], float] = field(default=time.time, compare=False)
+    sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
+
+    @property
+    def public_base(self) -> HttpsUri:
+        text = self.notification_uri.uri
+        return HttpsUri(text[: text.rfind("/") + 1])
+
+    @property
+    def notification_name(self) -> str:
+        text = self.notification_uri.uri
+        return text[text.rfind("/") + 1 :]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    #: not-modified | up-to-date | deltas | snapshot
+    outcome: str
+    reason: Reason | None
+    session_id: str
+    serial: int
+    objects: int = 0
+    added: int = 0
+    modified: int = 0
+    removed: int = 0
+    deltas_applied: int = 0
+    deltas_listed: int = 0
+    bytes_fetched: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _DeltaMismatch(Exception):
+    """A delta does not fit our state: fall back to the snapshot (never escapes the module)."""
+
+    def __init__(self, error: RpkiRepoError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass(slots=True)
+class _Staged:
+    rel: str
+    tmp: Path
+    tmp_gz: Path
+    sha256: Sha256
+    size: int
+
+
+class _Run:
+    def __init__(self, opts: SyncOptions, progress: Progress) -> None:
+        self.o = opts
+        self.progress = progress
+        self.now = opts.clock()
+        self.base = opts.public_base
+        self.revisions = opts.rsync_dir / "revisions"
+        self.current_link = opts.rsync_dir / "current"
+        self.notification_path = opts.rrdp_dir / opts.notification_name
+        self.timings: dict[str, float] = {}
+        self._lap = time.monotonic()
+        self.fetched = 0
+        self.staged: list[_Staged] = []
+
+    def lap(self, name: str) -> None:
+        t = time.monotonic()
+        self.timings[name] = self.timings.get(name, 0.0) + t - self._lap
+        self._lap = t
+
+    # ------------------------------------------------------------------ keys and URIs
+
+    def key(self, uri: RsyncUri, state: State) -> str:
+        """The object's path in the rsync tree and in the state."""
+        if self.o.rsync_include_host:
+            host = uri.host if uri.port is None else f"{uri.host}:{uri.port}"
+            return f"{host}/{uri.module}/{uri.path}"
+        module = f"rsync://{uri.host}{'' if uri.port is None else f':{uri.port}'}/{uri.module}/"
+        known = state.get("rsync_module")
+        if not known:
+            state.set("rsync_module", module)
+        elif known != module:
+            raise RemoteProtocolError(
+                Reason.SYNC_RSYNC_MODULE,
+                "objects of more than one rsync module; use --rsync-include-host",
+                uri=uri.uri,
+                module=known,
+            )
+        return uri.path
+
+    def mtime(self, data: bytes, path: str) -> int:
+        """RFC 9589's rule; an object without a usable time gets the sync time."""
+        t = mtime_of(data, path, limits=self.o.limits)
+        if t.seconds >= 0:
+            return t.seconds
+        log.info("no time in %s, mtime is the sync time", path, extra={"reason": t.reason})
+        return int(self.now)
+
+    def https(self, rel: str) -> HttpsUri:
+        return HttpsUri(self.base.uri + rel)
+
+    # ------------------------------------------------------------------ state
+
+    def open_state(self) -> State:
+        db = self.o.state_dir / STATE_DB
+        try:
+            state = State.open_existing(db)
+        except StorageError as exc:
+            if exc.reason != Reason.STATE_MISSING:
+                log.warning("state unusable, taking the snapshot", extra={"reason": exc.reason})
+                if db.exists():
+                    os.replace(db, db.with_name(f"{STATE_DB}.bad-{int(self.now)}"))
+            state = State.create(db)
+        owner = state.get("notification_uri")
+        if owner is None:
+            state.begin()
+            state.set("notification_uri", self.o.notification_uri.uri)
+            state.set("include_host", int(self.o.rsync_include_host))
+            state.commit()
+        elif owner != self.o.notification_uri.uri:
+            state.close()
+            raise ConfigError(
+                Reason.CONFIG_INVALID,
+                "this state directory belongs to another repository",
+                state_dir=str(self.o.state_dir),
+                repository=owner,
+            )
+        elif state.get("include_host") != str(int(self.o.rsync_include_host)):
+            # A layout change: every tree must be rebuilt from the snapshot.
+            state.begin()
+            self.forget_session(state)
+            state.set("include_host", int(self.o.rsync_include_host))
+            state.commit()
+        return state
+
+    def forget_session(self, state: State) -> None:
+        """Drop what we know of upstream (inside a transaction): the next plan takes the
+        snapshot.  Served files and trees stay until their grace has passed."""
+        for key in ("session", "serial", "etag", "last_modified"):
+            state.set(key, "")
+        for d in state.deltas():
+            state.drop_delta(d.serial)
+            for rel in (d.path, d.path + ".gz"):
+                state.retire(rel, self.now)
+        snap = state.get("snapshot_path")
+        if snap:
+            state.retire(snap, self.now)
+            state.retire(snap + ".gz", self.now)
+            state.set("snapshot_path", "")
+        for s in state.slots():
+            state.put_slot(
+                SlotRow(s.name, 0, s.retired_at if s.retired_at is not None else self.now)
+            )
+        # Object keys may have changed form, and the trees may not match: start from nothing.
+        state.connection.execute("DELETE FROM objects")
+        state.prune_changes(2**63 - 1)
+        state.set("rsync_module", "")
+
+    def session(self, state: State) -> tuple[str, int] | None:
+        session, serial = state.get("session"), state.get("serial")
+        if not session or not serial:
+            return None
+        return session, int(serial)
+
+    def notification_from_state(self, state: State) -> NotificationFile | None:
+        held = self.session(state)
+        snap = state.get("snapshot_path")
+        if held is None or not snap:
+            return None
+        deltas = tuple(
+            DeltaRef(d.serial, self.https(d.path), Sha256(d.sha256)) for d in state.deltas()
+        )
+        return NotificationFile(
+            SessionId(held[0]),
+            held[1],
+            SnapshotRef(self.https(snap), Sha256(bytes.fromhex(state.get("snapshot_hash") or ""))),
+            deltas,
+        )
+
+    def referenced(self, state: State) -> dict[str, int]:
+        files: dict[str, int] = {}
+        snap = state.get("snapshot_path")
+        if snap:
+            files[snap] = int(state.get("snapshot_size") or -1)
+            files[snap + ".gz"] = -1
+        for d in state.deltas():
+            files[d.path] = d.size
+            files[d.path + ".gz"] = -1
+        return files
+
+    # ------------------------------------------------------------------ step 3: recover
+
+    def recover(self, state: State) -> None:
+        ok = self.session(state) is not None
+        current = [s for s in state.slots() if s.retired_at is None]
+        if ok and self.o.rsync_enabled:
+            ok = len(current) == 1 and (self.revisions / current[0].name).is_dir()
+        if ok:
+            for rel, size in self.referenced(state).items():
+                try:
+                    st = os.stat(self.o.rrdp_dir / rel, follow_symlinks=False)
+                except OSError:
+                    ok = False
+                    break
+                if size >= 0 and st.st_size != size:
+                    ok = False
+                    break
+        if not ok and self.session(state) is not None:
+            log.warning(
+                "served files do not match the state; taking the snapshot",
+                extra={"reason": Reason.STATE_OUTPUT_MISMATCH},
+            )
+            state.begin()
+            self.forget_session(state)
+            state.commit()
+        gone = [
+            s
+            for s in state.slots()
+            if s.retired_at is not None and not (self.revisions / s.name).is_dir()
+        ]
+        if gone:
+            state.begin()
+            for s in gone:
+                state.drop_slot(s.name)
+            state.commit()
+        if ok:
+            if self.o.rsync_enabled:
+                target = f"revisions/{current[0].name}"
+                try:
+                    link_now: str | None = os.readlink(self.current_link)
+                except OSError:
+                    link_now = None
+                if link_now != target:
+                    log.warning(
+                        "current tree link did not match the state; repaired",
+                        extra={"reason": Reason.STATE_OUTPUT_MISMATCH},
+                    )
+                    replace_symlink(self.current_link, target)
+            self.write_notification(state, only_if_different=True)
+        self.remove_leftovers(state)
+
+    def remove_leftovers(self, state: State) -> None:
+        """Delete what a crashed run wrote but never made visible.  Without a committed session
+        (first run, lost state) unknown files and trees may be what clients see now: they enter
+        the grace queue instead."""
+        if self.session(state) is None:
+            self.retire_unknown(state)
+        known = {s.name for s in state.slots()}
+        if self.revisions.is_dir():
+            for entry in os.scandir(self.revisions):
+                if entry.name not in known:
+                    log.info(
+                        "removing unpublished tree %s",
+                        entry.name,
+                        extra={"reason": Reason.STORAGE_UNEXPECTED},
+                    )
+                    remove_tree(Path(entry.path))
+        keep = set(self.referenced(state)) | set(state.retired())
+        keep |= {self.o.notification_name, self.o.notification_name + ".gz"}
+        for dirpath, dirnames, filenames in os.walk(self.o.rrdp_dir):
+            for name in filenames:
+                rel = os.path.relpath(os.path.join(dirpath, name), self.o.rrdp_dir)
+                if rel not in keep:
+                    log.info(
+                        "removing unpublished file %s",
+                        rel,
+                        extra={"reason": Reason.STORAGE_UNEXPECTED},
+                    )
+                    os.unlink(os.path.join(dirpath, name))
+            dirnames[:] = [d for d in dirnames if not d.startswith(TMP_PREFIX)]
+        for entry in os.scandir(self.o.rrdp_dir):
+            if entry.name.startswith(TMP_PREFIX) and entry.is_dir(follow_symlinks=False):
+                remove_tree(Path(entry.path))
+        _prune_empty_dirs(self.o.rrdp_dir)
+        if self.o.rsync_dir.is_dir():
+            for name in os.listdir(self.o.rsync_dir):
+                if name.startswith(TMP_PREFIX):
+                    (self.o.rsync_dir / name).unlink(missing_ok=True)
+
+    def retire_unknown(self, state: State) -> None:
+        keep = set(self.referenced(state)) | set(state.retired())
+        keep |= {self.o.notification_name, self.o.notification_name + ".gz"}
+        state.begin()
+        for dirpath, dirnames, filenames in os.walk(self.o.rrdp_dir):
+            dirnames[:] = [d for d in dirnames if not d.startswith(TMP_PREFIX)]
+            for name in filenames:
+                rel = os.path.relpath(os.path.join(dirpath, name), self.o.rrdp_dir)
+                if rel not in keep and not name.startswith(TMP_PREFIX):
+                    state.retire(rel, self.now)
+        known = {s.name for s in state.slots()}
+        if self.revisions.is_dir():
+            for entry in os.scandir(self.revisions):
+                if entry.name not in known and not entry.name.startswith(TMP_PREFIX):
+                    state.put_slot(SlotRow(entry.name, 0, self.now))
+        state.commit()
+
+    # ------------------------------------------------------------------ step 4: notification
+
+    def fetch_notification(self, state: State) -> tuple[NotificationFile | None, Validators]:
+        validators: Validators | None = None
+        if self.session(state) is not None and self.notification_path.exists():
+            validators = Validators(state.get("etag") or None, state.get("last_modified") or None)
+        with self.o.upstream.open(
+            self.o.notification_name,
+            max_size=self.o.limits.max_notification_size,
+            validators=validators,
+        ) as f:
+            if f.not_modified:
+                return None, f.validators
+            data = b"".join(f.chunks())
+            self.fetched += f.wire_bytes
+        notification = parse_notification(data, limits=self.o.limits)
+        # Every file must sit under the public base (rrdp-checklist (b)1, RFC 9674).
+        relative_to_base(notification.snapshot.uri, self.base)
+        for d in notification.deltas:
+            relative_to_base(d.uri, self.base)
+        return notification, f.validators
+
+    # ------------------------------------------------------------------ staging RRDP files
+
+    def stage(
+        self,
+        uri: HttpsUri,
+        expected: Sha256,
+        kind: FileKind,
+        session: SessionId,
+        serial: int,
+        on_event: Callable[[PublishElement | WithdrawElement], None] | None,
+        *,
+        parse: bool = True,
+    ) -> _Staged:
+        """Stream one upstream file into a staging file (+ .gz), parsing and hashing it."""
+        rel = relative_to_base(uri, self.base)
+        staging = self.o.rrdp_dir / f"{TMP_PREFIX}staging"
+        staging.mkdir(exist_ok=True)
+        token = secrets.token_hex(6)
+        tmp, tmp_gz = staging / token, staging / f"{token}.gz"
+        parser = (
+            RrdpParser(kind, limits=self.o.limits, expected_session=session, expected_serial=serial)
+            if parse
+            else None
+        )
+        hasher = hashlib.sha256()
+        size = 0
+        comp = isal_zlib.compressobj(self.o.gzip_level, isal_zlib.DEFLATED, 31)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        gz = os.open(tmp_gz, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            with self.o.upstream.open(rel, max_size=self.o.limits.max_rrdp_file_size) as f:
+                for chunk in f.chunks():
+                    size += len(chunk)
+                    write_all(fd, chunk)
+                    write_all(gz, comp.compress(chunk))
+                    if parser is not None:
+                        parser.feed(chunk)
+                        self._drain(parser, on_event)
+                    else:
+                        hasher.update(chunk)
+                    self.progress(kind.value, size, 0)
+                self.fetched += f.wire_bytes
+            write_all(gz, comp.flush())
+            if parser is not None:
+                parser.close()
+                self._drain(parser, on_event)
+                digest = parser.sha256
+            else:
+                digest = Sha256(hasher.digest())
+        finally:
+            os.close(fd)
+            os.close(gz)
+        if digest != expected:
+            raise IntegrityError(
+                Reason.HASH_MISMATCH,
+                f"{kind.value} hash differs from the notification's",
+                uri=uri.uri,
+            )
+        staged = _Staged(rel, tmp, tmp_gz, digest, size)
+        self.staged.append(staged)
+        return staged
+
+    @staticmethod
+    def _drain(
+        parser: RrdpParser, on_event: Callable[[PublishElement | WithdrawElement], None] | None
+    ) -> None:
+        while (event := parser.next_event()) is not NEED_DATA:
+            if on_event is not None and isinstance(event, (PublishElement, WithdrawElement)):
+                on_event(event)
+
+    def place_staged(self, state: State) -> None:
+        """Move verified files to their public paths (still unreferenced: invisible)."""
+        for s in self.staged:
+            final = self.o.rrdp_dir / s.rel
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(s.tmp, final)
+            os.replace(s.tmp_gz, final.with_name(final.name + ".gz"))
+            state.forget_retired(s.rel)
+            state.forget_retired(s.rel + ".gz")
+
+    def discard_staged(self) -> None:
+        for s in self.staged:
+            s.tmp.unlink(missing_ok=True)
+            s.tmp_gz.unlink(missing_ok=True)
+        self.staged.clear()
+
+    # ------------------------------------------------------------------ rsync trees
+
+    def pick_tree(self, state: State, fresh: bool) -> tuple[TreeWriter | None, int]:
+        if not self.o.rsync_enabled:
+            return None, -1
+        self.revisions.mkdir(parents=True, exist_ok=True)
+        current = [s for s in state.slots() if s.retired_at is None]
+        link_source = self.revisions / current[0].name if current else None
+        if fresh or link_source is None:
+            return TreeWriter.new_tree(self.revisions, "", link_source), -1
+        slots = [s for s in state.slots() if s.retired_at is not None and s.serial > 0]
+        deadline = self.now - self.o.cleanup_after
+        expired = [s for s in slots if s.retired_at is not None and s.retired_at <= deadline]
+        choice = max(expired, key=lambda s: s.serial) if expired else None
+        if choice is None and slots and len(slots) + 1 >= self.o.rsync_max_revisions:
+            choice = min(slots, key=lambda s: s.serial)
+            log.warning(
+                "rsync tree %s reused before its grace period ended",
+                choice.name,
+                extra={"reason": "rsync-grace-shortened"},
+            )
+        if choice is None:
+            return TreeWriter.new_tree(self.revisions, "", link_source), -1
+        tree = reuse_tree(self.revisions, choice.name, "", link_source)
+        state.begin()
+        state.drop_slot(choice.name)
+        state.commit()
+        return tree, choice.serial
+
+    def bring_forward(self, state: State, tree: TreeWriter, base_serial: int) -> None:
+        """Make ``tree`` hold the current revision: link everything (fresh tree) or replay the
+        change log after ``base_serial`` (ring tree)."""
+        if base_serial < 0:
+            rows = state.objects()
+            n = len(rows)
+            for i, path in enumerate(rows):
+                tree.link(path)
+                if i % 8192 == 0:
+                    self.progress("tree", i, n)
+            tree.fresh = False  # the deltas now replace files that exist
+            return
+        final: dict[str, bytes | None] = {}
+        for _serial, path, sha in state.changes_after(base_serial):
+            final[path] = sha
+        for path in sorted(p for p, sha in final.items() if sha is None):
+            tree.remove(path)
+        for path, sha in final.items():
+            if sha is not None:
+                tree.link(path)
+
+    # ------------------------------------------------------------------ step 6: apply
+
+    def apply_deltas(self, state: State, plan: UpdatePlan, session: SessionId) -> TreeWriter | None:
+        """Apply ``plan.deltas`` in a transaction left open for the commit point."""
+        tree, base_serial = self.pick_tree(state, fresh=False)
+        state.begin()
+        stats = {"added": 0, "modified": 0, "removed": 0}
+        changes: dict[str, bytes | None] = {}
+        conn = state.connection
+        try:
+            if tree is not None:
+                self.bring_forward(state, tree, base_serial)
+            for ref in plan.deltas:
+
+                def on_event(
+                    ev: PublishElement | WithdrawElement, serial: int = ref.serial
+                ) -> None:
+                    path = self.key(ev.uri, state)
+                    row = conn.execute(
+                        "SELECT sha256 FROM objects WHERE path=?", (path,)
+                    ).fetchone()
+                    have = bytes(row[0]) if row is not None else None
+                    if isinstance(ev, WithdrawElement):
+                        if have is None or have != ev.hash.digest:
+                            raise _DeltaMismatch(
+                                IntegrityError(
+                                    Reason.SYNC_DELTA_MISMATCH,
+                                    "withdraw of an object we do not hold with that hash",
+                                    uri=ev.uri.uri,
+                                    serial=serial,
+                                )
+                            )
+                        conn.execute("DELETE FROM objects WHERE path=?", (path,))
+                        changes[path] = None
+                        stats["removed"] += 1
+                        if tree is not None:
+                            tree.remove(path)
+                        return
+                    expected = ev.hash.digest if ev.hash is not None else None
+                    if have != expected:
+                        raise _DeltaMismatch(
+                            IntegrityError(
+                                Reason.SYNC_DELTA_MISMATCH,
+                                "publish does not match the object we hold",
+                                uri=ev.uri.uri,
+                                serial=serial,
+                            )
+                        )
+                    sha = Sha256.of(ev.data).digest
+                    mtime = self.mtime(ev.data, path)
+                    conn.execute(
+                        "INSERT OR REPLACE INTO objects VALUES (?,?,?,?,x'',0)",
+                        (path, sha, len(ev.data), mtime),
+                    )
+                    changes[path] = sha
+                    stats["modified" if have is not None else "added"] += 1
+                    if tree is not None:
+                        tree.write(path, ev.data, mtime)
+
+                try:
+                    self.stage(ref.uri, ref.hash, FileKind.DELTA, session, ref.serial, on_event)
+                except (RemoteProtocolError, IntegrityError) as exc:
+                    raise _DeltaMismatch(exc) from exc
+            state.log_changes(plan.deltas[-1].serial, changes.items())
+        except BaseException:
+            state.rollback()
+            if tree is not None:
+                remove_tree(tree.root)
+            raise
+        self.stats = stats
+        return tree
+
+    def apply_snapshot(self, state: State, notification: NotificationFile) -> TreeWriter | None:
+        """Stream the snapshot into a fresh tree (unchanged objects linked from ``current``)."""
+        tree, _ = self.pick_tree(state, fresh=True)
+        conn = state.connection
+        state.begin()
+        stats = {"added": 0, "modified": 0, "removed": 0}
+        try:
+            conn.execute("DROP TABLE IF EXISTS temp.incoming")
+            conn.execute(
+                "CREATE TEMP TABLE incoming (path TEXT PRIMARY KEY, sha256 BLOB NOT NULL, "
+                "size INTEGER NOT NULL, mtime INTEGER NOT NULL)"
+            )
+            batch: list[tuple[str, bytes, int, int, bytes]] = []
+            count = 0
+
+            def flush() -> None:
+                nonlocal count
+                old = state.rows(p for p, *_ in batch)
+                for path, sha, _size, mtime, data in batch:
+                    row = old.get(path)
+                    if row is not None and bytes(row.sha256) == sha:
+                        if tree is not None:
+                            if tree.link_source is not None and row.mtime == mtime:
+                                tree.link(path)
+                            else:
+                                tree.write(path, data, mtime)
+                    else:
+                        stats["modified" if row is not None else "added"] += 1
+                        if tree is not None:
+                            tree.write(path, data, mtime)
+                conn.executemany("INSERT INTO incoming VALUES (?,?,?,?)", [b[:4] for b in batch])
+                count += len(batch)
+                batch.clear()
+
+            def on_event(ev: PublishElement | WithdrawElement) -> None:
+                assert isinstance(ev, PublishElement)  # the parser refuses withdraws here
+                path = self.key(ev.uri, state)
+                batch.append(
+                    (
+                        path,
+                        Sha256.of(ev.data).digest,
+                        len(ev.data),
+                        self.mtime(ev.data, path),
+                        ev.data,
+                    )
+                )
+                if len(batch) >= BATCH:
+                    flush()
+
+            self.stage(
+                notification.snapshot.uri,
+                notification.snapshot.hash,
+                FileKind.SNAPSHOT,
+                notification.session_id,
+                notification.serial,
+                on_event,
+            )
+            flush()
+            old_count = conn.execute("SELECT COUNT(*) FROM objects").fetchone()[0]
+            kept = conn.execute(
+                "SELECT COUNT(*) FROM objects JOIN temp.incoming USING (path)"
+            ).fetchone()[0]
+            removed = old_count - kept
+            stats["removed"] = removed
+            self.check_shrink(old_count, removed, count)
+            conn.execute("DELETE FROM objects")
+            conn.execute(
+                "INSERT INTO objects SELECT path, sha256, size, mtime, x'', 0 FROM temp.incoming"
+            )
+            conn.execute("DROP TABLE temp.incoming")
+            # Trees of the old history can no longer be brought forward from the change log.
+            state.prune_changes(2**63 - 1)
+            for s in state.slots():
+                if s.retired_at is not None:
+                    state.put_slot(SlotRow(s.name, 0, s.retired_at))
+        except BaseException:
+            state.rollback()
+            if tree is not None:
+                remove_tree(tree.root)
+            raise
+        self.stats = stats
+        return tree
+
+    def check_shrink(self, held: int, removed: int, incoming: int) -> None:
+        o = self.o
+        if o.force or removed < SHRINK_GUARD_MIN or held == 0:
+            return
+        if removed > o.max_shrink * held:
+            raise InputError(
+                Reason.SYNC_SHRINK,
+                f"the upstream snapshot drops {removed} of our {held} objects (keeps "
+                f"{incoming}), more than {o.max_shrink:.0%}; use --force to accept it",
+                removed=removed,
+                held=held,
+            )
+
+    # ------------------------------------------------------------------ deltas we list
+
+    def choose_deltas(
+        self,
+        state: State,
+        notification: NotificationFile,
+        applied: dict[int, _Staged],
+        snap_size: int,
+    ) -> list[DeltaRow]:
+        """The contiguous tail of upstream's deltas that we list, newest first back until the
+        size or count cap; fetched (parsed, hash-checked) when we do not hold them yet."""
+        held = {d.serial: d for d in state.deltas()}
+        cap = self.o.rrdp_max_deltas
+        rows: list[DeltaRow] = []
+        total = 0
+        expected = notification.serial
+        for ref in sorted(notification.deltas, key=lambda d: d.serial, reverse=True):
+            if ref.serial != expected or (cap is not None and len(rows) >= cap):
+                break
+            expected -= 1
+            rel = relative_to_base(ref.uri, self.base)
+            have = held.get(ref.serial)
+            if ref.serial in applied:
+                staged = applied[ref.serial]
+                size = staged.size
+            elif have is not None and have.sha256 == ref.hash.digest and have.path == rel:
+                size = have.size
+            else:
+                if total >= snap_size:
+                    break
+                try:
+                    staged = self.stage(
+                        ref.uri, ref.hash, FileKind.DELTA, notification.session_id, ref.serial, None
+                    )
+                except RpkiRepoError as exc:
+                    log.warning(
+                        "delta %d not listed: %s", ref.serial, exc, extra={"reason": exc.reason}
+                    )
+                    break
+                size = staged.size
+            if total + size > snap_size:
+                break
+            total += size
+            rows.append(DeltaRow(ref.serial, rel, ref.hash.digest, size, self.now))
+        rows.reverse()
+        return rows
+
+    # ------------------------------------------------------------------ step 8: notification
+
+    def write_notification(self, state: State, *, only_if_different: bool = False) -> None:
+        notification = self.notification_from_state(state)
+        if notification is None:
+            return
+        data = notification_bytes(notification)
+        if only_if_different:
+            try:
+                if self.notification_path.read_bytes() == data:
+                    return
+            except OSError:
+                pass
+            log.warning(
+                "notification did not match the state; rewritten",
+                extra={"reason": Reason.STATE_OUTPUT_MISMATCH},
+            )
+        try:
+            previous = int(os.stat(self.notification_path).st_mtime)
+        except OSError:
+            previous = 0
+        # Last-Modified comes from the mtime: it must grow with every serial (If-Modified-Since).
+        mtime = max(int(time.time()), previous + 1)
+        gz = self.notification_path.with_name(self.notification_path.name + ".gz")
+        atomic_write(gz, gzip_bytes(data, self.o.gzip_level), mtime=mtime)
+        atomic_write(self.notification_path, data, mtime=mtime)
+
+    # ------------------------------------------------------------------ step 9: garbage
+
+    def collect_garbage(self, state: State) -> None:
+        deadline = self.now - self.o.cleanup_after
+        retired = state.retired()
+        free = [s for s in state.slots() if s.retired_at is not None and s.retired_at <= deadline]
+        if not any(when <= deadline for when in retired.values()) and len(free) <= 1:
+            return
+        state.begin()
+        try:
+            for rel, when in retired.items():
+                if when <= deadline:
+                    path = self.o.rrdp_dir / rel
+                    path.unlink(missing_ok=True)
+                    state.forget_retired(rel)
+                    _prune_upwards(path.parent, self.o.rrdp_dir)
+            free.sort(key=lambda s: s.serial)
+            reusable = [s for s in free if s.serial > 0][-1:]
+            for s in free:
+                if s in reusable:
+                    continue
+                doomed = self.revisions / f"{TMP_PREFIX}gc-{s.name}"
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(self.revisions / s.name, doomed)
+                remove_tree(doomed)
+                state.drop_slot(s.name)
+            live = [s.serial for s in state.slots() if s.serial > 0]
+            if live:
+                state.prune_changes(min(live))
+            state.commit()
+        except BaseException:
+            state.rollback()
+            raise
+
+
+def _prune_upwards(directory: Path, stop: Path) -> None:
+    while directory != stop and stop in directory.parents:
+        try:
+            os.rmdir(directory)
+        except OSError:
+            return
+        directory = directory.parent
+
+
+def _prune_empty_dirs(root: Path) -> None:
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        if not dirnames and not filenames and Path(dirpath) != root:
+            with contextlib.suppress(OSError):
+                os.rmdir(dirpath)
+
+
+def sync_once(opts: SyncOptions, progress: Progress = _no_progress) -> SyncResult:
+    """Run the recipe once.  Raises :class:`RpkiRepoError` subclasses; the last good state
+    stays served whatever fails."""
+    old_umask = os.umask(0o022)
+    try:
+        for d in (opts.state_dir, opts.rrdp_dir, opts.rsync_dir):
+            os.makedirs(d, mode=0o755, exist_ok=True)
+        with DirLock(opts.state_dir):
+            run = _Run(opts, progress)
+            state = run.open_state()
+            try:
+                return _sync_locked(run, state)
+            except RpkiRepoError as exc:
+                _record_attempt(state, run, exc)
+                raise
+            finally:
+                run.discard_staged()
+                state.close()
+    finally:
+        os.umask(old_umask)
+
+
+def _record_attempt(state: State, run: _Run, exc: RpkiRepoError | None) -> None:
+    with contextlib.suppress(sqlite3.Error, StorageError):
+        if state.connection.in_transaction:
+            state.rollback()
+        state.begin()
+        state.set("last_attempt", f"{run.now:.0f}")
+        if exc is None:
+            state.set("last_success", f"{run.now:.0f}")
+            state.set("last_error", "")
+            state.set("last_reason", "")
+        else:
+            state.set("last_error", str(exc))
+            state.set("last_reason", exc.reason.value)
+        state.commit()
+
+
+def _sync_locked(run: _Run, state: State) -> SyncResult:
+    o = run.o
+    run.recover(state)
+    run.lap("recover")
+    notification, validators = run.fetch_notification(state)
+    run.lap("notification")
+    held = run.session(state)
+    if notification is None:
+        run.collect_garbage(state)
+        _record_attempt(state, run, None)
+        assert held is not None
+        log.info("notification not modified", extra={"reason": "not-modified"})
+        return SyncResult(
+            "not-modified", None, held[0], held[1], bytes_fetched=run.fetched, timings=run.timings
+        )
+    local = None
+    if held is not None:
+        hashes = {d.serial: Sha256(d.sha256) for d in state.deltas()}
+        local = LocalRrdpState(SessionId(held[0]), held[1], hashes)
+    plan = plan_update(local, notification, limits=o.limits)
+    log.info(
+        "upstream %s serial %d: %s",
+        notification.session_id,
+        notification.serial,
+        plan.action.value,
+        extra={"reason": plan.reason.value},
+    )
+    if plan.action is PlanAction.UP_TO_DATE:
+        state.begin()
+        state.set("etag", validators.etag or "")
+        state.set("last_modified", validators.last_modified or "")
+        state.commit()
+        run.collect_garbage(state)
+        _record_attempt(state, run, None)
+        return SyncResult(
+            "up-to-date",
+            plan.reason,
+            str(notification.session_id),
+            notification.serial,
+            bytes_fetched=run.fetched,
+            timings=run.timings,
+        )
+    outcome, reason = plan.action.value, plan.reason
+    tree: TreeWriter | None = None
+    applied: dict[int, _Staged] = {}
+    if plan.action is PlanAction.DELTAS:
+        try:
+            tree = run.apply_deltas(state, plan, notification.session_id)
+            applied = {
+                ref.serial: staged for ref, staged in zip(plan.deltas, run.staged, strict=True)
+            }
+        except _DeltaMismatch as exc:
+            log.warning(
+                "deltas unusable (%s), taking the snapshot",
+                exc.error,
+                extra={"reason": exc.error.reason},
+            )
+            run.discard_staged()
+            outcome, reason = "snapshot", exc.error.reason
+    run.lap("deltas")
+    if outcome == "snapshot":
+        tree = run.apply_snapshot(state, notification)
+        snap = run.staged[0]
+    else:
+        snap = run.stage(
+            notification.snapshot.uri,
+            notification.snapshot.hash,
+            FileKind.SNAPSHOT,
+            notification.session_id,
+            notification.serial,
+            None,
+            parse=False,
+        )
+    run.lap("snapshot")
+    try:
+        rows = run.choose_deltas(state, notification, applied, snap.size)
+        run.lap("list-deltas")
+        if tree is not None:
+            tree.finish()
+        run.place_staged(state)
+        sync_filesystem(o.rrdp_dir)
+        if tree is not None:
+            sync_filesystem(o.rsync_dir)
+        run.lap("sync")
+        # ---- everything below up to commit() is one transaction ----
+        old_referenced = set(run.referenced(state))
+        for d in state.deltas():
+            state.drop_delta(d.serial)
+        for r in rows:
+            state.add_delta(r)
+        state.set("session", str(notification.session_id))
+        state.set("serial", notification.serial)
+        state.set("snapshot_path", snap.rel)
+        state.set("snapshot_hash", snap.sha256.digest.hex())
+        state.set("snapshot_size", snap.size)
+        state.set("etag", validators.etag or "")
+        state.set("last_modified", validators.last_modified or "")
+        for rel in old_referenced - set(run.referenced(state)):
+            state.retire(rel, run.now)
+        name = ""
+        if tree is not None:
+            name = (
+                f"{str(notification.session_id)[:8]}-{notification.serial}-{secrets.token_hex(3)}"
+            )
+            tree.rename_to(run.revisions / name)
+            fsync_dir(run.revisions)
+            for s in state.slots():
+                if s.retired_at is None:
+                    state.put_slot(SlotRow(s.name, s.serial, run.now))
+            state.put_slot(SlotRow(name, notification.serial, None))
+        state.commit()  # ---- the commit point ----
+        run.lap("commit")
+    except BaseException:
+        if state.connection.in_transaction:
+            state.rollback()
+        if tree is not None and tree.root.name.startswith(TMP_PREFIX):
+            remove_tree(tree.root)
+        raise
+    if tree is not None:
+        replace_symlink(run.current_link, f"revisions/{name}")
+    if o.rrdp_notify_delay > 0:
+        log.info("waiting %.0f s before the notification", o.rrdp_notify_delay)
+        o.sleep(o.rrdp_notify_delay)
+    run.write_notification(state)
+    run.lap("publish")
+    run.collect_garbage(state)
+    run.lap("gc")
+    _record_attempt(state, run, None)
+    objects = state.connection.execute("SELECT COUNT(*) FROM objects").fetchone()[0]
+    stats = getattr(run, "stats", {"added": 0, "modified": 0, "removed": 0})
+    log.info(
+        "synced to serial %d by %s: +%d ~%d -%d objects, %d deltas listed",
+        notification.serial,
+        outcome,
+        stats["added"],
+        stats["modified"],
+        stats["removed"],
+        len(rows),
+        extra={"reason": reason.value},
+    )
+    return SyncResult(
+        outcome,
+        reason,
+        str(notification.session_id),
+        notification.serial,
+        objects=objects,
+        added=stats["added"],
+        modified=stats["modified"],
+        removed=stats["removed"],
+        deltas_applied=len(applied),
+        deltas_listed=len(rows),
+        bytes_fetched=run.fetched,
+        timings=run.timings,
+    )
+
+
+def read_status(state_dir: Path) -> dict[str, str | int | None]:
+    """What ``rpkirepo sync --status`` shows for one repository (read-only, no lock)."""
+    db = state_dir / STATE_DB
+    if not db.exists():
+        return {"state": "never synced"}
+    state = State.open_existing(db)
+    try:
+        out: dict[str, str | int | None] = {}
+        for key in (
+            "notification_uri",
+            "session",
+            "serial",
+            "snapshot_path",
+            "last_success",
+            "last_attempt",
+            "last_reason",
+            "last_error",
+        ):
+            out[key] = state.get(key)
+        out["objects"] = state.connection.execute("SELECT COUNT(*) FROM objects").fetchone()[0]
+        out["deltas_listed"] = len(state.deltas())
+        current = [s.name for s in state.slots() if s.retired_at is None]
+        out["current_tree"] = current[0] if current else None
+        out["trees"] = len(state.slots())
+        out["files_in_grace"] = len(state.retired())
+        return out
+    finally:
+        state.close()
