@@ -724,9 +724,9 @@ class _Run:
             conn.execute("DROP TABLE temp.incoming")
             # Trees of the old history can no longer be brought forward from the change log.
             state.prune_changes(2**63 - 1)
+            # (The current tree too: it is retired at the commit point, never to be reused.)
             for s in state.slots():
-                if s.retired_at is not None:
-                    state.put_slot(SlotRow(s.name, 0, s.retired_at))
+                state.put_slot(SlotRow(s.name, 0, s.retired_at))
         except BaseException:
             state.rollback()
             if tree is not None:

@@ -1,0 +1,148 @@
+"""End to end through a mirror: rpki-client validates what `rpkirepo sync` serves.
+
+testbed → `rpkirepo publish` into a hidden directory (the publication server) → `rpkirepo sync`
+(the CLI, reading the hidden directory) → the mirror's RRDP directory behind the real nginx (TLS)
+and its ``current`` tree behind the real rsync daemon → rpki-client over RRDP and over rsync only
+outputs exactly the testbed's VRPs.  Then `testbed advance` → publish → sync (applying the
+delta) → rpki-client on the same cache takes the delta path and outputs the new VRPs, and the
+rsync daemon sends only the files that changed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import require_peer
+from peers import (
+    free_port,
+    make_tls_ca,
+    nginx_tls,
+    peer_scratch,
+    public_dir,
+    rsync_daemon,
+    run_rpki_client,
+    run_rpkirepo,
+    unexpected_lines,
+)
+
+pytestmark = pytest.mark.peer
+
+EXPECTED_STDERR = [
+    r"rpki-client: \S+: pulling from \S+",
+    r"rpki-client: \S+: pulling from network",
+    r"rpki-client: \S+: downloading snapshot",
+    r"rpki-client: \S+: downloading \d+ deltas?",
+    r"rpki-client: \S+: (repository|notification file) not modified",
+    r"rpki-client: \S+: loaded from network",
+    r"rpki-client: all files parsed: generating output",
+]
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    with peer_scratch("rpkirepo-sync-", "rpki-client") as path:
+        yield path
+
+
+def _rows(testbed: Path) -> set[str]:
+    return set((testbed / "expected-vrps.csv").read_text().splitlines()[1:])
+
+
+def _files(tree: Path) -> dict[str, bytes]:
+    return {p.relative_to(tree).as_posix(): p.read_bytes() for p in tree.rglob("*") if p.is_file()}
+
+
+def test_rpki_client_validates_through_the_mirror(root: Path) -> None:
+    for peer in ("nginx", "rsync", "rpki-client", "unshare"):
+        require_peer(peer)
+    https_port, rsync_port = free_port(), free_port()
+    rsync_base = f"rsync://localhost:{rsync_port}/repo/"
+    rrdp_base = f"https://localhost:{https_port}/rrdp/"
+    notify = rrdp_base + "notification.xml"
+    testbed = root / "testbed"
+    run_rpkirepo(
+        "testbed", str(testbed), "--cas", "3", "--depth", "2", "--roas-per-ca", "3",
+        "--seed", "5", "--rsync-base", rsync_base, "--rrdp-base", rrdp_base,
+        "--ta-uri", f"https://localhost:{https_port}/ta/ta.cer", "--ta-uri", rsync_base + "ta.cer",
+    )  # fmt: skip
+    hidden = root / "hidden"
+    mirror = public_dir(root / "mirror")
+
+    def publish_and_sync() -> dict[str, object]:
+        run_rpkirepo(
+            "publish", str(testbed / "repository"),
+            "--rsync-base", rsync_base, "--https-base", rrdp_base,
+            "--state-dir", str(hidden / "state"), "--rrdp-dir", str(hidden / "rrdp"),
+            "--rsync-dir", str(hidden / "rsync"),
+        )  # fmt: skip
+        out = run_rpkirepo(
+            "sync", notify, "--source-uri-base", str(hidden / "rrdp"),
+            "--state-dir", str(mirror), "--json",
+        )  # fmt: skip
+        summary = json.loads(out.stdout)
+        assert isinstance(summary, dict)
+        return summary
+
+    first = publish_and_sync()
+    assert first["outcome"] == "snapshot"
+    tls = make_tls_ca(root / "tls", names=("localhost",))
+    with (
+        nginx_tls(
+            root / "nginx",
+            tls,
+            {"/rrdp/": mirror / "rrdp", "/ta/ta.cer": testbed / "ta.cer"},
+            port=https_port,
+            binary=require_peer("nginx"),
+        ) as nginx,
+        rsync_daemon(
+            root / "rsyncd",
+            {"repo": mirror / "rsync" / "current"},
+            port=rsync_port,
+            binary=require_peer("rsync"),
+        ) as rsyncd,
+    ):
+
+        def validate(fetch: str | None) -> list[str]:
+            mark, rsync_mark = nginx.mark(), rsyncd.mark()
+            result = run_rpki_client(
+                root / f"rpki-client-{'rrdp' if fetch else 'rsync'}",
+                testbed / "ta.tal",
+                binary=require_peer("rpki-client"),
+                trust=tls.ca_cert,
+                hosts={"localhost": "127.0.0.1"},
+                rsync_only=fetch is None,
+            )
+            ctx = f"{result.describe()}\n{nginx.logs()}\n{rsyncd.log_text(rsync_mark)}"
+            assert result.returncode == 0, ctx
+            if fetch is not None:
+                assert f"rpki-client: {notify}: {fetch}" in result.stderr, ctx
+            else:
+                assert nginx.access_entries(mark) == [], ctx
+            warnings = unexpected_lines(result.stderr, EXPECTED_STDERR)
+            assert warnings == [], "rpki-client warned:\n" + "\n".join(warnings) + "\n" + ctx
+            meta = result.metadata()
+            for key in ("invalidcertificates", "failedmanifests", "stalemanifests", "failedroas"):
+                assert meta.get(key) == 0, (key, ctx)
+            got = set((result.outdir / "csv").read_text().splitlines()[1:])
+            want = _rows(testbed)
+            assert got == want, f"missing {want - got}\nunexpected {got - want}\n{ctx}"
+            return rsyncd.sent_files("repo", rsync_mark)
+
+        validate("downloading snapshot")
+        validate(None)
+        for roll in ([], ["--roll-key"]):
+            before_rows = _rows(testbed)
+            before = _files(testbed / "repository")
+            run_rpkirepo("testbed", "advance", str(testbed), *roll)
+            assert _rows(testbed) != before_rows
+            after = _files(testbed / "repository")
+            changed = {rel for rel in after if before.get(rel) != after[rel]}
+            summary = publish_and_sync()
+            assert (summary["outcome"], summary["deltas_applied"]) == ("deltas", 1), summary
+            validate("downloading 1 deltas")
+            sent = validate(None)
+            assert changed and set(sent) - {"ta.cer"} <= changed, (sent, changed)
