@@ -399,3 +399,21 @@ def test_trees_of_an_old_session_are_never_brought_forward(
         upstream.advance()
         assert sync_once(opts).outcome == "deltas"
         assert tree(opts.rsync_dir) == upstream.objects()
+
+
+def test_upstream_gz_sibling_is_linked_only_when_it_matches(
+    tmp_path: Path, upstream: UpstreamServer
+) -> None:
+    """From a local upstream the files are hard-linked; a .gz sibling whose gzip trailer does
+    not match the verified file is replaced by our own compression."""
+    n = parse_notification((upstream.rrdp / "notification.xml").read_bytes())
+    rel = n.snapshot.uri.uri[len(HTTPS_BASE) :]
+    gz = upstream.rrdp / (rel + ".gz")
+    wrong = gzip.compress(b"not the snapshot")
+    gz.unlink()
+    gz.write_bytes(wrong)
+    opts = mirror_options(tmp_path / "m", upstream.rrdp)
+    sync_once(opts)
+    mine = opts.rrdp_dir / rel
+    assert mine.stat().st_ino == (upstream.rrdp / rel).stat().st_ino, "snapshot hard-linked"
+    assert gzip.decompress((opts.rrdp_dir / (rel + ".gz")).read_bytes()) == mine.read_bytes()

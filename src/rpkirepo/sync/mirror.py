@@ -37,7 +37,10 @@ import logging
 import os
 import secrets
 import sqlite3
+import struct
+import sys
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +70,7 @@ from rpkirepo.fsutil import (
 from rpkirepo.httpget import Validators
 from rpkirepo.limits import DEFAULT_LIMITS, Limits
 from rpkirepo.objects import mtime_of
-from rpkirepo.publish.rsync_tree import TreeWriter, reuse_tree
+from rpkirepo.publish.rsync_tree import BackgroundTree, TreeWriter, reuse_tree
 from rpkirepo.publish.snapshot import gzip_bytes
 from rpkirepo.publish.state import DeltaRow, SlotRow, State
 from rpkirepo.rrdp.model import (
@@ -83,7 +86,7 @@ from rpkirepo.rrdp.model import (
 from rpkirepo.rrdp.parser import NEED_DATA, RrdpParser, parse_notification
 from rpkirepo.rrdp.plan import LocalRrdpState, PlanAction, UpdatePlan, plan_update
 from rpkirepo.rrdp.writer import notification_bytes
-from rpkirepo.sync.upstream import Upstream, relative_to_base
+from rpkirepo.sync.upstream import DirUpstream, Upstream, relative_to_base
 from rpkirepo.uri import HttpsUri, RsyncUri
 
 __all__ = ["STATE_DB", "SyncOptions", "SyncResult", "read_status", "sync_once"]
@@ -190,6 +193,8 @@ class _Run:
         self._lap = time.monotonic()
         self.fetched = 0
         self.staged: list[_Staged] = []
+        #: The rsync module every object must belong to (cached from the state).
+        self._module = ""
 
     def lap(self, name: str) -> None:
         t = time.monotonic()
@@ -204,6 +209,8 @@ class _Run:
             host = uri.host if uri.port is None else f"{uri.host}:{uri.port}"
             return f"{host}/{uri.module}/{uri.path}"
         module = f"rsync://{uri.host}{'' if uri.port is None else f':{uri.port}'}/{uri.module}/"
+        if module == self._module:
+            return uri.path
         known = state.get("rsync_module")
         if not known:
             state.set("rsync_module", module)
@@ -214,6 +221,7 @@ class _Run:
                 uri=uri.uri,
                 module=known,
             )
+        self._module = module
         return uri.path
 
     def mtime(self, data: bytes, path: str) -> int:
@@ -283,6 +291,7 @@ class _Run:
         state.connection.execute("DELETE FROM objects")
         state.prune_changes(2**63 - 1)
         state.set("rsync_module", "")
+        self._module = ""
 
     def session(self, state: State) -> tuple[str, int] | None:
         session, serial = state.get("session"), state.get("serial")
@@ -457,7 +466,13 @@ class _Run:
         *,
         parse: bool = True,
     ) -> _Staged:
-        """Stream one upstream file into a staging file (+ .gz), parsing and hashing it."""
+        """Stream one upstream file into a staging file (+ .gz), parsing and hashing it.
+
+        From a local upstream directory on the same filesystem the file (and its ``.gz``
+        sibling) is hard-linked instead of copied: upstream files are immutable (RFC 9697), so
+        only reading them for the hash check remains.  A ``.gz`` sibling is used only when its
+        gzip trailer (CRC-32 and size) matches the verified file; otherwise we compress our own.
+        """
         rel = relative_to_base(uri, self.base)
         staging = self.o.rrdp_dir / f"{TMP_PREFIX}staging"
         staging.mkdir(exist_ok=True)
@@ -468,40 +483,72 @@ class _Run:
             if parse
             else None
         )
+        upstream = self.o.upstream
+        linked = isinstance(upstream, DirUpstream) and upstream.link(rel, tmp)
+        gz_linked = (
+            linked and isinstance(upstream, DirUpstream) and upstream.link(rel + ".gz", tmp_gz)
+        )
+        source: Upstream = DirUpstream(staging) if linked else upstream
         hasher = hashlib.sha256()
-        size = 0
-        comp = isal_zlib.compressobj(self.o.gzip_level, isal_zlib.DEFLATED, 31)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        gz = os.open(tmp_gz, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        size = crc = 0
+        comp = (
+            None if gz_linked else isal_zlib.compressobj(self.o.gzip_level, isal_zlib.DEFLATED, 31)
+        )
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        fd = -1 if linked else os.open(tmp, flags, 0o644)
+        gz = -1 if gz_linked else os.open(tmp_gz, flags, 0o644)
+        done = False
         try:
-            with self.o.upstream.open(rel, max_size=self.o.limits.max_rrdp_file_size) as f:
+            with source.open(
+                token if linked else rel, max_size=self.o.limits.max_rrdp_file_size
+            ) as f:
                 for chunk in f.chunks():
                     size += len(chunk)
-                    write_all(fd, chunk)
-                    write_all(gz, comp.compress(chunk))
+                    if fd >= 0:
+                        write_all(fd, chunk)
+                    if comp is not None:
+                        write_all(gz, comp.compress(chunk))
+                    else:
+                        crc = zlib.crc32(chunk, crc)
                     if parser is not None:
                         parser.feed(chunk)
                         self._drain(parser, on_event)
                     else:
                         hasher.update(chunk)
                     self.progress(kind.value, size, 0)
-                self.fetched += f.wire_bytes
-            write_all(gz, comp.flush())
+                if not linked:
+                    self.fetched += f.wire_bytes
+            if comp is not None:
+                write_all(gz, comp.flush())
             if parser is not None:
                 parser.close()
                 self._drain(parser, on_event)
                 digest = parser.sha256
             else:
                 digest = Sha256(hasher.digest())
+            if digest != expected:
+                raise IntegrityError(
+                    Reason.HASH_MISMATCH,
+                    f"{kind.value} hash differs from the notification's",
+                    uri=uri.uri,
+                )
+            if gz_linked and not _gzip_trailer_matches(tmp_gz, crc, size):
+                log.info(
+                    "upstream %s.gz does not match its file; compressing our own",
+                    rel,
+                    extra={"reason": Reason.SYNC_FILE_CHANGED},
+                )
+                tmp_gz.unlink()
+                _gzip_file(tmp, tmp_gz, self.o.gzip_level)
+            done = True
         finally:
-            os.close(fd)
-            os.close(gz)
-        if digest != expected:
-            raise IntegrityError(
-                Reason.HASH_MISMATCH,
-                f"{kind.value} hash differs from the notification's",
-                uri=uri.uri,
-            )
+            if fd >= 0:
+                os.close(fd)
+            if gz >= 0:
+                os.close(gz)
+            if not done:
+                tmp.unlink(missing_ok=True)
+                tmp_gz.unlink(missing_ok=True)
         staged = _Staged(rel, tmp, tmp_gz, digest, size)
         self.staged.append(staged)
         return staged
@@ -658,6 +705,8 @@ class _Run:
         conn = state.connection
         state.begin()
         stats = {"added": 0, "modified": 0, "removed": 0}
+        writer: BackgroundTree | None = None
+        switch = sys.getswitchinterval()
         try:
             conn.execute("DROP TABLE IF EXISTS temp.incoming")
             conn.execute(
@@ -666,6 +715,11 @@ class _Run:
             )
             batch: list[tuple[str, bytes, int, int, bytes]] = []
             count = 0
+            if tree is not None:
+                writer = BackgroundTree(tree)
+                # Hand the GIL to the writer thread soon after each of its syscalls returns
+                # (the default 5 ms leaves it waiting while the parser runs); restored below.
+                sys.setswitchinterval(0.0005)
 
             def flush() -> None:
                 nonlocal count
@@ -673,15 +727,15 @@ class _Run:
                 for path, sha, _size, mtime, data in batch:
                     row = old.get(path)
                     if row is not None and bytes(row.sha256) == sha:
-                        if tree is not None:
-                            if tree.link_source is not None and row.mtime == mtime:
-                                tree.link(path)
+                        if writer is not None:
+                            if writer.tree.link_source is not None and row.mtime == mtime:
+                                writer.link(path)
                             else:
-                                tree.write(path, data, mtime)
+                                writer.write(path, data, mtime)
                     else:
                         stats["modified" if row is not None else "added"] += 1
-                        if tree is not None:
-                            tree.write(path, data, mtime)
+                        if writer is not None:
+                            writer.write(path, data, mtime)
                 conn.executemany("INSERT INTO incoming VALUES (?,?,?,?)", [b[:4] for b in batch])
                 count += len(batch)
                 batch.clear()
@@ -710,6 +764,9 @@ class _Run:
                 on_event,
             )
             flush()
+            if writer is not None:
+                writer.close()
+                sys.setswitchinterval(switch)
             old_count = conn.execute("SELECT COUNT(*) FROM objects").fetchone()[0]
             kept = conn.execute(
                 "SELECT COUNT(*) FROM objects JOIN temp.incoming USING (path)"
@@ -729,6 +786,10 @@ class _Run:
                 state.put_slot(SlotRow(s.name, 0, s.retired_at))
         except BaseException:
             state.rollback()
+            if writer is not None:
+                sys.setswitchinterval(switch)
+                with contextlib.suppress(BaseException):
+                    writer.close()  # stop writing before the tree is removed
             if tree is not None:
                 remove_tree(tree.root)
             raise
@@ -855,6 +916,30 @@ class _Run:
         except BaseException:
             state.rollback()
             raise
+
+
+def _gzip_trailer_matches(path: Path, crc: int, size: int) -> bool:
+    """Whether ``path`` is a gzip member whose trailer names this CRC-32 and size (RFC 1952)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(3)
+            f.seek(-8, os.SEEK_END)
+            trailer = f.read(8)
+    except OSError:
+        return False
+    return head == b"\x1f\x8b\x08" and trailer == struct.pack("<II", crc, size & 0xFFFFFFFF)
+
+
+def _gzip_file(src: Path, dst: Path, level: int) -> None:
+    comp = isal_zlib.compressobj(level, isal_zlib.DEFLATED, 31)
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        with open(src, "rb") as f:
+            while chunk := f.read(1 << 20):
+                write_all(fd, comp.compress(chunk))
+        write_all(fd, comp.flush())
+    finally:
+        os.close(fd)
 
 
 def _prune_upwards(directory: Path, stop: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final, Protocol
@@ -127,6 +128,18 @@ class DirUpstream:
 
     def describe(self, rel: str) -> str:
         return str(self.root / rel)
+
+    def link(self, rel: str, target: Path) -> bool:
+        """Hard-link the regular file ``rel`` to ``target``; False when it cannot be linked
+        (another filesystem, missing ``.gz``): the caller copies instead."""
+        path = self.root / rel
+        try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                return False
+            os.link(path, target, follow_symlinks=False)
+        except OSError:
+            return False
+        return True
 
     @contextlib.contextmanager
     def open(
