@@ -2,7 +2,8 @@
 
 Everything is local and made on the spot: ``rpkirepo testbed`` generates a trust anchor, a small
 CA tree with ROAs, ASPAs and Ghostbusters records, and the VRPs a relying party must find in it;
-``rpkirepo publish`` turns it into an RRDP repository and an rsync tree under ``demo-out/``.
+``rpkirepo publish`` turns it into an RRDP repository and an rsync tree under ``demo-out/``;
+``rpkirepo sync`` mirrors that to a public node's directories and follows a change by one delta.
 No server and no network are needed.  (Serving and fetching join the demo as `serve` and `fetch`
 land; `make test` already runs rpki-client against exactly this kind of output.)
 """
@@ -18,7 +19,9 @@ from pathlib import Path
 from rpkirepo.errors import RpkiRepoError
 from rpkirepo.publish import PublishOptions, publish
 from rpkirepo.rrdp.parser import parse_notification
-from rpkirepo.testbed import TestbedOptions, generate
+from rpkirepo.sync.mirror import SyncOptions, sync_once
+from rpkirepo.sync.upstream import DirUpstream
+from rpkirepo.testbed import TestbedOptions, advance, generate
 from rpkirepo.uri import HttpsUri, RsyncUri
 
 RSYNC_BASE = "rsync://localhost/repo/"
@@ -38,6 +41,10 @@ def _show_tree(root: Path, limit: int) -> None:
             shown += 1
     if shown > limit:
         print(f"    ... and {shown - limit} more")
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
 def main() -> int:
@@ -74,6 +81,7 @@ def main() -> int:
         _show_tree(opts.rsync_dir / "current", limit=5)
 
         victim = sorted(tb.repository.rglob("*.roa"))[0]
+        victim_bytes = victim.read_bytes()
         victim.unlink()
         second = publish(opts)
         print(
@@ -87,6 +95,33 @@ def main() -> int:
 
         third = publish(opts)
         print(f"\n3. nothing changed: serial stays {third.serial}, nothing written")
+
+        mirror = SyncOptions(
+            notification_uri=HttpsUri(HTTPS_BASE + "notification.xml"),
+            upstream=DirUpstream(opts.rrdp_dir),
+            state_dir=out / "mirror",
+            rrdp_dir=out / "mirror" / "rrdp",
+            rsync_dir=out / "mirror" / "rsync",
+        )
+        synced = sync_once(mirror)
+        print(
+            f"\n4. a public node mirrors it (rpkirepo sync, reading {opts.rrdp_dir}): "
+            f"{synced.outcome} ({synced.reason}), serial {synced.serial}, {synced.objects} objects"
+        )
+        victim.write_bytes(victim_bytes)  # back, so that the testbed can advance
+        advance(tb.out_dir)
+        fourth = publish(opts)
+        synced = sync_once(mirror)
+        same = _files(mirror.rsync_dir / "current") == _files(opts.rsync_dir / "current")
+        print(
+            f"5. the ROA back, testbed advance (new manifests and CRLs, a ROA revoked and one "
+            f"added) -> publish "
+            f"serial {fourth.serial} -> sync: {synced.outcome}, {synced.deltas_applied} delta "
+            f"applied (+{synced.added} ~{synced.modified} -{synced.removed}) in "
+            f"{sum(synced.timings.values()):.2f} s; mirror tree identical to the publisher's: "
+            f"{same}"
+        )
+        print(f"   mirror RRDP {mirror.rrdp_dir}, rsync {mirror.rsync_dir}/current")
         print(
             "\nServe it: an HTTPS server on demo-out/rrdp at "
             f"{HTTPS_BASE} (gzip_static for the .gz files),\n"
