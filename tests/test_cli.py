@@ -207,3 +207,5 @@ def test_make_demo_runs(tmp_path: Path) -> None:
     assert "serial 1" in out.stdout and "serial 2" in out.stdout
     assert "nothing changed: serial stays 2" in out.stdout
     assert (tmp_path / "demo-out" / "rrdp" / "notification.xml").exists()
+    assert "sync: deltas, 1 delta applied" in out.stdout
+    assert "mirror tree identical to the publisher's: True" in out.stdout
