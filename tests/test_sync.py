@@ -53,11 +53,30 @@ def upstream(tmp_path: Path, base_upstream: UpstreamServer) -> UpstreamServer:
     return UpstreamServer(root)
 
 
+GZIP_MARK = 1234567
+
+
 class _LoggingHandler(http.server.SimpleHTTPRequestHandler):
     requests: list[tuple[str, dict[str, str]]]
+    #: Answer gzip-encoded when the client accepts it (as nginx with gzip on).
+    gzip_static = False
 
     def do_GET(self) -> None:
         self.requests.append((self.path, dict(self.headers.items())))
+        plain = Path(self.translate_path(self.path))
+        if (
+            self.gzip_static
+            and "gzip" in self.headers.get("Accept-Encoding", "")
+            and plain.is_file()
+        ):
+            # A gzip header of our own (mtime GZIP_MARK), so a test can tell it was kept.
+            body = gzip.compress(plain.read_bytes(), mtime=GZIP_MARK)
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         super().do_GET()
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -181,6 +200,32 @@ def test_http_upstream_conditional_get_and_gzip(
     assert sum("delta" in p for p in paths) == 1
     assert sum("snapshot" in p for p in paths) == 1, "the new snapshot is copied, not parsed"
     assert tree(opts.rsync_dir) == upstream.objects()
+
+
+def test_gzip_sent_by_upstream_becomes_our_gz_sibling(
+    tmp_path: Path,
+    upstream: UpstreamServer,
+    http_upstream: tuple[str, list[tuple[str, dict[str, str]]]],
+) -> None:
+    """A server answering with Content-Encoding: gzip: its bytes are kept as our .gz sibling
+    (no compression of our own), after its gzip trailer was checked against the hashed file."""
+    base, _log = http_upstream
+    _LoggingHandler.gzip_static = True
+    try:
+        opts = mirror_options(tmp_path / "m", HttpUpstream(base, HttpOptions()))
+        sync_once(opts)
+        upstream.advance()
+        assert sync_once(opts).outcome == "deltas"
+    finally:
+        _LoggingHandler.gzip_static = False
+    assert tree(opts.rsync_dir) == upstream.objects()
+    served = [p for p in opts.rrdp_dir.rglob("*.xml") if p.name != "notification.xml"]
+    assert served
+    for xml in served:
+        rel = xml.relative_to(opts.rrdp_dir)
+        ours = xml.with_name(xml.name + ".gz").read_bytes()
+        assert ours == gzip.compress((upstream.rrdp / rel).read_bytes(), mtime=GZIP_MARK), rel
+        assert gzip.decompress(ours) == xml.read_bytes()
 
 
 def test_notify_delay_puts_files_in_place_first(tmp_path: Path, upstream: UpstreamServer) -> None:

@@ -26,7 +26,7 @@ import ssl
 import time
 import urllib.parse
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -100,6 +100,9 @@ class HttpResponse:
         self.content_encoding = (resp.getheader("Content-Encoding") or "identity").strip().lower()
         self._max_size = max_size
         self._deadline = deadline
+        #: Called with every body chunk as received (before gzip decoding): lets a mirror keep
+        #: the compressed form it was sent.
+        self.raw_sink: Callable[[bytes], None] | None = None
         #: Bytes received on the wire (before gzip decoding) and after decoding.
         self.wire_bytes = 0
         self.size = 0
@@ -140,6 +143,8 @@ class HttpResponse:
         except (http.client.HTTPException, OSError) as exc:
             raise RemoteProtocolError(Reason.HTTP_MALFORMED, str(exc), url=self.url) from exc
         self.wire_bytes += len(data)
+        if self.raw_sink is not None and data:
+            self.raw_sink(data)
         return data
 
     def _check(self, n: int) -> None:
@@ -169,19 +174,35 @@ class HttpResponse:
                 url=self.url,
                 encoding=self.content_encoding,
             )
+        # RFC 1952 allows several members back to back; anything after the last complete member
+        # must itself be a member, so trailing junk is an error ((c)5), as is a cut stream.
         z = zlib.decompressobj(wbits=31)
+        fed, members = False, 0
         try:
-            while data := self._read():
-                while data:
-                    # Never let one small compressed chunk expand past the cap in one call.
-                    out = z.decompress(data, CHUNK)
-                    self._check(len(out))
-                    if out:
-                        yield out
-                    data = z.unconsumed_tail
+            data = self._read()
+            while data:
+                fed = True
+                # Never let one small compressed chunk expand past the cap in one call.
+                out = z.decompress(data, CHUNK)
+                self._check(len(out))
+                if out:
+                    yield out
                 if z.eof:
-                    break
-            if not z.eof:
+                    members += 1
+                    data = z.unused_data
+                    z, fed = zlib.decompressobj(wbits=31), False
+                    if not data:
+                        data = self._read()
+                    continue
+                data = z.unconsumed_tail or self._read()
+            if fed and not z.eof:
+                out = z.flush()  # whatever zlib still holds for input it has consumed
+                self._check(len(out))
+                if out:
+                    yield out
+                if z.eof and not z.unused_data:
+                    fed, members = False, members + 1
+            if fed or members == 0:
                 raise RemoteProtocolError(
                     Reason.HTTP_CONTENT_ENCODING, "gzip stream truncated", url=self.url
                 )

@@ -32,6 +32,7 @@ is completed by the next run's step 3.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -491,17 +492,23 @@ class _Run:
         source: Upstream = DirUpstream(staging) if linked else upstream
         hasher = hashlib.sha256()
         size = crc = 0
-        comp = (
-            None if gz_linked else isal_zlib.compressobj(self.o.gzip_level, isal_zlib.DEFLATED, 31)
-        )
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
         fd = -1 if linked else os.open(tmp, flags, 0o644)
         gz = -1 if gz_linked else os.open(tmp_gz, flags, 0o644)
+        comp = None
+        #: The server sent gzip: keep its bytes as our .gz (checked by its trailer below).
+        passthrough = False
         done = False
         try:
             with source.open(
                 token if linked else rel, max_size=self.o.limits.max_rrdp_file_size
             ) as f:
+                if not gz_linked:
+                    if f.content_encoding in ("gzip", "x-gzip"):
+                        passthrough = True
+                        f.raw_sink = functools.partial(write_all, gz)
+                    else:
+                        comp = isal_zlib.compressobj(self.o.gzip_level, isal_zlib.DEFLATED, 31)
                 for chunk in f.chunks():
                     size += len(chunk)
                     if fd >= 0:
@@ -532,9 +539,10 @@ class _Run:
                     f"{kind.value} hash differs from the notification's",
                     uri=uri.uri,
                 )
-            if gz_linked and not _gzip_trailer_matches(tmp_gz, crc, size):
+            if (gz_linked or passthrough) and not _gzip_trailer_matches(tmp_gz, crc, size):
+                # Several gzip members, or a sibling that belongs to another file.
                 log.info(
-                    "upstream %s.gz does not match its file; compressing our own",
+                    "upstream gzip form of %s not usable as is; compressing our own",
                     rel,
                     extra={"reason": Reason.SYNC_FILE_CHANGED},
                 )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -55,6 +55,10 @@ class Fetched(Protocol):
     def validators(self) -> Validators: ...
     @property
     def wire_bytes(self) -> int: ...
+    @property
+    def content_encoding(self) -> str: ...
+
+    raw_sink: Callable[[bytes], None] | None
 
     def chunks(self) -> Iterator[bytes]: ...
 
@@ -93,6 +97,8 @@ class _DirFile:
         self._fd = fd
         self.validators = validators
         self.not_modified = fd is None
+        self.content_encoding = "identity"
+        self.raw_sink: Callable[[bytes], None] | None = None  # never called: nothing is encoded
         self.wire_bytes = 0
         self._max = max_size
 
