@@ -30,6 +30,7 @@ import logging
 import os
 import secrets
 import sqlite3
+import sys
 import time
 import uuid
 import zlib
@@ -52,7 +53,7 @@ from rpkirepo.fsutil import (
 )
 from rpkirepo.limits import DEFAULT_LIMITS, Limits
 from rpkirepo.objects import mtime_of
-from rpkirepo.publish.rsync_tree import TreeWriter, reuse_tree, slot_name
+from rpkirepo.publish.rsync_tree import BackgroundTree, TreeWriter, reuse_tree, slot_name
 from rpkirepo.publish.snapshot import (
     BucketCopy,
     BucketNew,
@@ -624,31 +625,18 @@ class _Run:
 
         # --- objects: read the changed ones, write them into the tree, build index rows ---
         total = len(changes)
-        kept = 0
-        for i, c in enumerate(changes):
-            data = self.load(c)
-            t = mtime_of(data, c.entry.path)
-            mtime = t.seconds if t.seconds >= 0 else int(self.now)
-            if t.seconds < 0:
-                log.info(
-                    "no time in %s, mtime is the publication time",
-                    c.entry.path,
-                    extra={"reason": t.reason or Reason.OBJECT_MALFORMED},
-                )
-            tree.write(c.entry.path, data, mtime)
-            # Keep bytes for the delta and snapshot within the budget; past it they are read
-            # back from the tree just written.
-            if kept + len(data) <= o.memory_budget:
-                c.data = data
-                kept += len(data)
-            else:
-                c.data = None
-            e = c.entry
-            new_rows[e.path] = ObjectRow(
-                e.path, c.sha256, len(data), mtime, e.sig, _bucket_of(e.path, bits)
-            )
-            if i % 2048 == 0:
-                self.progress("objects", i, total)
+        # Many files: one writer thread creates them while this one reads and parses the next
+        # (see BackgroundTree); a few: written here, each fsynced.
+        writer: TreeWriter | BackgroundTree = tree if small else BackgroundTree(tree)
+        switch = sys.getswitchinterval()
+        if writer is not tree:
+            sys.setswitchinterval(0.0005)
+        try:
+            self._write_objects(changes, writer, new_rows, bits, total)
+        finally:
+            if isinstance(writer, BackgroundTree):
+                sys.setswitchinterval(switch)
+                writer.close()
         self.progress("objects", total, total)
         tree.finish()
         self.lap("objects")
@@ -748,6 +736,41 @@ class _Run:
         self.write_notification(state)
         self.lap("publish")
         return session, serial, snap.size
+
+    def _write_objects(
+        self,
+        changes: list[_Change],
+        tree: TreeWriter | BackgroundTree,
+        new_rows: dict[str, ObjectRow],
+        bits: int,
+        total: int,
+    ) -> None:
+        o = self.o
+        kept = 0
+        for i, c in enumerate(changes):
+            data = self.load(c)
+            t = mtime_of(data, c.entry.path)
+            mtime = t.seconds if t.seconds >= 0 else int(self.now)
+            if t.seconds < 0:
+                log.info(
+                    "no time in %s, mtime is the publication time",
+                    c.entry.path,
+                    extra={"reason": t.reason or Reason.OBJECT_MALFORMED},
+                )
+            tree.write(c.entry.path, data, mtime)
+            # Keep bytes for the delta and snapshot within the budget; past it they are read
+            # back from the tree just written.
+            if kept + len(data) <= o.memory_budget:
+                c.data = data
+                kept += len(data)
+            else:
+                c.data = None
+            e = c.entry
+            new_rows[e.path] = ObjectRow(
+                e.path, c.sha256, len(data), mtime, e.sig, _bucket_of(e.path, bits)
+            )
+            if i % 2048 == 0:
+                self.progress("objects", i, total)
 
     def pick_tree(
         self, state: State, link_source: Path | None, new_session: bool
