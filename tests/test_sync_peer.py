@@ -5,12 +5,14 @@ testbed → `rpkirepo publish` into a hidden directory (the publication server) 
 and its ``current`` tree behind the real rsync daemon → rpki-client over RRDP and over rsync only
 outputs exactly the testbed's VRPs.  Then `testbed advance` → publish → sync (applying the
 delta) → rpki-client on the same cache takes the delta path and outputs the new VRPs, and the
-rsync daemon sends only the files that changed.
+rsync daemon sends only the files that changed.  FORT and OctoRPKI (over RRDP) follow the same
+steps on caches of their own and output exactly the VRPs of each step.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,10 +26,13 @@ from peers import (
     peer_scratch,
     public_dir,
     rsync_daemon,
+    run_fort,
+    run_octorpki,
     run_rpki_client,
     run_rpkirepo,
     unexpected_lines,
 )
+from test_rps_peer import OCTORPKI_UNKNOWN_TYPE, fort_complaints, octorpki_log, want_vrps
 
 pytestmark = pytest.mark.peer
 
@@ -57,7 +62,7 @@ def _files(tree: Path) -> dict[str, bytes]:
 
 
 def test_rpki_client_validates_through_the_mirror(root: Path) -> None:
-    for peer in ("nginx", "rsync", "rpki-client", "unshare"):
+    for peer in ("nginx", "rsync", "rpki-client", "fort", "octorpki", "unshare", "setpriv"):
         require_peer(peer)
     https_port, rsync_port = free_port(), free_port()
     rsync_base = f"rsync://localhost:{rsync_port}/repo/"
@@ -132,8 +137,46 @@ def test_rpki_client_validates_through_the_mirror(root: Path) -> None:
             assert got == want, f"missing {want - got}\nunexpected {got - want}\n{ctx}"
             return rsyncd.sent_files("repo", rsync_mark)
 
+        def note_text() -> str:
+            return (mirror / "rrdp" / "notification.xml").read_text()
+
+        def other_rps() -> None:
+            """FORT and OctoRPKI over RRDP from the mirror, each on its own cache kept across
+            steps: exactly the expected VRPs, no complaint."""
+            hosts = {"localhost": "127.0.0.1"}
+            for name in ("fort", "octorpki"):
+                mark = nginx.mark()
+                runner = run_fort if name == "fort" else run_octorpki
+                result = runner(
+                    root / name,
+                    testbed / "ta.tal",
+                    binary=require_peer(name),
+                    trust=tls.ca_cert,
+                    hosts=hosts,
+                )
+                ctx = f"{result.describe()}\n{nginx.logs()}"
+                assert result.returncode == 0, ctx
+                if name == "fort":
+                    complaints = fort_complaints(result)
+                else:
+                    complaints = [
+                        f"{lvl}: {msg}"
+                        for lvl, msg in octorpki_log(result)
+                        if lvl != "info" and msg != OCTORPKI_UNKNOWN_TYPE
+                    ]
+                assert complaints == [], f"{name} complained: {complaints}\n{ctx}"
+                # FORT 1.5.4 standalone keeps no RRDP state between runs (the snapshot each
+                # time); OctoRPKI 1.4.4 sometimes follows the delta: either way, it read files
+                # our notification names, and output exactly the new VRPs.
+                fetched = {str(e["uri"]) for e in nginx.access_entries(mark)}
+                named = re.findall(r'uri="https://[^/"]+(/[^"]+)"', note_text())
+                assert fetched & set(named), (name, fetched, named, ctx)
+                got, want = result.vrps(), want_vrps(testbed)
+                assert got == want, f"{name}: missing {want - got}, unexpected {got - want}"
+
         validate("downloading snapshot")
         validate(None)
+        other_rps()
         for roll in ([], ["--roll-key"]):
             before_rows = _rows(testbed)
             before = _files(testbed / "repository")
@@ -146,3 +189,4 @@ def test_rpki_client_validates_through_the_mirror(root: Path) -> None:
             validate("downloading 1 deltas")
             sent = validate(None)
             assert changed and set(sent) - {"ta.cer"} <= changed, (sent, changed)
+            other_rps()
