@@ -43,8 +43,14 @@ from bench_publish import corpus_objects, raw_create_rate
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from rpkirepo.rrdp.model import FileKind, NotificationFile, SessionId, Sha256  # noqa: E402
-from rpkirepo.rrdp.model import DeltaRef, SnapshotRef  # noqa: E402
+from rpkirepo.rrdp.model import (  # noqa: E402
+    DeltaRef,
+    FileKind,
+    NotificationFile,
+    SessionId,
+    Sha256,
+    SnapshotRef,
+)
 from rpkirepo.rrdp.writer import (  # noqa: E402
     delta_start,
     end_tag,
@@ -188,7 +194,7 @@ def run_sync(upstream: Path, mirror: Path) -> dict[str, Any]:
     argv = [
         sys.executable, "-m", "rpkirepo", "-q", "sync", HTTPS_BASE + "notification.xml",
         "--source-uri-base", str(upstream), "--state-dir", str(mirror), "--json",
-        "--cleanup-after", "0",
+        "--cleanup-after", "0", "--source-link",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     t0 = time.perf_counter()

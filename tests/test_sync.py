@@ -446,19 +446,28 @@ def test_trees_of_an_old_session_are_never_brought_forward(
         assert tree(opts.rsync_dir) == upstream.objects()
 
 
+@pytest.mark.parametrize("damage", ["other-file", "broken-deflate", "none"])
 def test_upstream_gz_sibling_is_linked_only_when_it_matches(
-    tmp_path: Path, upstream: UpstreamServer
+    tmp_path: Path, upstream: UpstreamServer, damage: str
 ) -> None:
-    """From a local upstream the files are hard-linked; a .gz sibling whose gzip trailer does
-    not match the verified file is replaced by our own compression."""
+    """With --source-link the files of a local upstream are hard-linked; a .gz sibling only
+    when it decodes to the verified file: one of another file, or one whose deflate data is
+    damaged under an intact trailer, is replaced by our own compression."""
     n = parse_notification((upstream.rrdp / "notification.xml").read_bytes())
     rel = n.snapshot.uri.uri[len(HTTPS_BASE) :]
     gz = upstream.rrdp / (rel + ".gz")
-    wrong = gzip.compress(b"not the snapshot")
+    data = gz.read_bytes()
+    if damage == "other-file":
+        data = gzip.compress(b"not the snapshot")
+    elif damage == "broken-deflate":
+        middle = len(data) // 2
+        data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
     gz.unlink()
-    gz.write_bytes(wrong)
-    opts = mirror_options(tmp_path / "m", upstream.rrdp)
+    gz.write_bytes(data)
+    opts = mirror_options(tmp_path / "m", upstream.rrdp, link_local=True)
     sync_once(opts)
     mine = opts.rrdp_dir / rel
     assert mine.stat().st_ino == (upstream.rrdp / rel).stat().st_ino, "snapshot hard-linked"
-    assert gzip.decompress((opts.rrdp_dir / (rel + ".gz")).read_bytes()) == mine.read_bytes()
+    ours = opts.rrdp_dir / (rel + ".gz")
+    assert gzip.decompress(ours.read_bytes()) == mine.read_bytes()
+    assert (ours.stat().st_ino == gz.stat().st_ino) == (damage == "none")

@@ -157,6 +157,7 @@ class Reason(StrEnum):
     SYNC_SHRINK = "sync-shrink-refused"
     SYNC_RSYNC_MODULE = "sync-rsync-module-mismatch"
     SYNC_FILE_CHANGED = "sync-file-changed-upstream"
+    SYNC_NAME_CLASH = "sync-name-clash"
 
 
 class RpkiRepoError(Exception):

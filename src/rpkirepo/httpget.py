@@ -118,6 +118,8 @@ class HttpResponse:
         self.close()
 
     def close(self) -> None:
+        # The response owns the socket when the server said "Connection: close".
+        self._resp.close()
         self._conn.close()
 
     def _read(self) -> bytes:
@@ -142,6 +144,14 @@ class HttpResponse:
             raise RemoteProtocolError(Reason.HTTP_TLS, str(exc), url=self.url) from exc
         except (http.client.HTTPException, OSError) as exc:
             raise RemoteProtocolError(Reason.HTTP_MALFORMED, str(exc), url=self.url) from exc
+        if not data and self._resp.length:
+            # read1() returns b"" at an early end of stream instead of raising IncompleteRead.
+            raise RemoteProtocolError(
+                Reason.HTTP_MALFORMED,
+                "body shorter than announced",
+                url=self.url,
+                missing=self._resp.length,
+            )
         self.wire_bytes += len(data)
         if self.raw_sink is not None and data:
             self.raw_sink(data)
@@ -279,6 +289,7 @@ def http_get(
             raise RemoteProtocolError(Reason.HTTP_MALFORMED, str(exc), url=url) from exc
         if resp.status in _REDIRECTS:
             location = resp.getheader("Location")
+            resp.close()
             conn.close()
             if not location:
                 raise RemoteProtocolError(
@@ -293,6 +304,7 @@ def http_get(
             continue
         if resp.status == 200 or (resp.status == 304 and validators is not None):
             return HttpResponse(conn, resp, url, max_size, deadline)
+        resp.close()
         conn.close()
         raise RemoteProtocolError(
             Reason.HTTP_STATUS, f"HTTP {resp.status}", url=url, status=resp.status

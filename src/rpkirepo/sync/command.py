@@ -87,6 +87,7 @@ SYNC_KEYS: Final = frozenset(
         "cleanup_after",
         "insecure",
         "ca_file",
+        "source_link",
         "max_shrink",
         "force",
         "gzip_level",
@@ -162,6 +163,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="do not verify the source's TLS certificate (a hidden server on localhost)",
     )
     p.add_argument("--ca-file", type=Path, help="PEM bundle to verify the source's TLS with")
+    p.add_argument(
+        "--source-link",
+        action="store_true",
+        default=None,
+        help="hard-link files from a local --source-uri-base on the same filesystem instead of "
+        "copying them (only if the publisher never rewrites a published file in place)",
+    )
     p.add_argument(
         "--max-shrink",
         type=float,
@@ -257,6 +265,7 @@ def _repository(
         max_shrink=float(pick("max_shrink", 0.5)),
         force=bool(pick("force", False)),
         gzip_level=int(pick("gzip_level", 3)),
+        link_local=bool(pick("source_link", False)),
         limits=limits,
     )
     return Repository(public.uri, opts)
@@ -307,9 +316,7 @@ class _Stats:
     fetched: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def record(
-        self, name: str, result: SyncResult | None, error: RpkiRepoError | None, took: float
-    ) -> None:
+    def record(self, name: str, result: SyncResult | None, error: str | None, took: float) -> None:
         with self.lock:
             self.last_duration[name] = took
             if result is not None:
@@ -319,7 +326,7 @@ class _Stats:
                 self.runs[key] = self.runs.get(key, 0) + 1
                 self.fetched[name] = self.fetched.get(name, 0) + result.bytes_fetched
             if error is not None:
-                key = (name, error.reason.value)
+                key = (name, error)
                 self.failures[key] = self.failures.get(key, 0) + 1
 
     def metrics(self) -> list[Metric]:
@@ -460,7 +467,7 @@ def _sync_all(
         except RpkiRepoError as exc:
             progress.close()
             took = time.monotonic() - started
-            stats.record(repo.name, None, exc, took)
+            stats.record(repo.name, None, exc.reason.value, took)
             if exc.reason == Reason.STATE_LOCKED:
                 log.warning(
                     "%s: another run holds the lock", repo.name, extra={"reason": exc.reason}
@@ -470,6 +477,15 @@ def _sync_all(
                 log.error("%s: sync failed: %s", repo.name, exc, extra={"reason": exc.reason})
                 status = 1
             out.append({"repository": repo.name, "error": str(exc), "reason": exc.reason.value})
+            continue
+        except Exception as exc:
+            # A defect of ours: logged with its traceback; the other repositories (and, in
+            # daemon mode, the next runs) go on.  What is served is the last committed state.
+            progress.close()
+            log.exception("%s: internal error", repo.name, extra={"reason": "internal-error"})
+            stats.record(repo.name, None, "internal-error", time.monotonic() - started)
+            out.append({"repository": repo.name, "error": repr(exc), "reason": "internal-error"})
+            status = 1
             continue
         progress.close()
         took = time.monotonic() - started

@@ -38,6 +38,7 @@ import logging
 import os
 import secrets
 import sqlite3
+import stat
 import struct
 import sys
 import time
@@ -53,6 +54,7 @@ from rpkirepo.errors import (
     ConfigError,
     InputError,
     IntegrityError,
+    LocalProtocolError,
     Reason,
     RemoteProtocolError,
     RpkiRepoError,
@@ -132,6 +134,10 @@ class SyncOptions:
     max_shrink: float = 0.5
     force: bool = False
     gzip_level: int = 3
+    #: Hard-link snapshot and delta files from a local upstream directory on the same
+    #: filesystem instead of copying them (the upstream must never modify a published file in
+    #: place, which publishers writing by rename never do).
+    link_local: bool = False
     limits: Limits = DEFAULT_LIMITS
     clock: Callable[[], float] = field(default=time.time, compare=False)
     sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
@@ -194,6 +200,8 @@ class _Run:
         self._lap = time.monotonic()
         self.fetched = 0
         self.staged: list[_Staged] = []
+        #: Files upstream rewrote under a name we serve: never replaced, never listed again.
+        self.changed_names: set[str] = set()
         #: The rsync module every object must belong to (cached from the state).
         self._module = ""
 
@@ -448,11 +456,51 @@ class _Run:
             data = b"".join(f.chunks())
             self.fetched += f.wire_bytes
         notification = parse_notification(data, limits=self.o.limits)
-        # Every file must sit under the public base (rrdp-checklist (b)1, RFC 9674).
-        relative_to_base(notification.snapshot.uri, self.base)
-        for d in notification.deltas:
-            relative_to_base(d.uri, self.base)
+        self.check_names(state, notification)
         return notification, f.validators
+
+    def check_names(self, state: State, notification: NotificationFile) -> None:
+        """Every file must sit under the public base (rrdp-checklist (b)1, RFC 9674), and its
+        local path must not clash with our notification, another listed file, a ``.gz``
+        sibling or a directory; a file we serve never changes under its name (RFC 9697)."""
+        listed = [(notification.snapshot.uri, notification.snapshot.hash)]
+        listed += [(d.uri, d.hash) for d in notification.deltas]
+        taken = {self.o.notification_name, self.o.notification_name + ".gz"}
+        dirs: set[str] = set()
+        rels: list[str] = []
+        for uri, _digest in listed:
+            rel = relative_to_base(uri, self.base)
+            parents = {rel.rsplit("/", i)[0] for i in range(1, rel.count("/") + 1)}
+            if rel in taken or rel + ".gz" in taken or rel in dirs or parents & taken:
+                raise RemoteProtocolError(
+                    Reason.SYNC_NAME_CLASH,
+                    "listed files clash with each other or with the notification",
+                    uri=uri.uri,
+                )
+            taken |= {rel, rel + ".gz"}
+            dirs |= parents
+            rels.append(rel)
+        held = {d.path: d.sha256 for d in state.deltas()}
+        snap = state.get("snapshot_path")
+        if snap:
+            held[snap] = bytes.fromhex(state.get("snapshot_hash") or "")
+        for i, ((uri, digest), rel) in enumerate(zip(listed, rels, strict=True)):
+            if rel in held and held[rel] != digest.digest:
+                if i > 0:
+                    # A delta rewritten under its name (rrdp-checklist (c)14): the planner takes
+                    # the snapshot, and we stop listing deltas at this one (never replaced).
+                    log.warning(
+                        "upstream changed a delta we serve: %s",
+                        uri.uri,
+                        extra={"reason": Reason.SYNC_FILE_CHANGED},
+                    )
+                    self.changed_names.add(rel)
+                    continue
+                raise RemoteProtocolError(
+                    Reason.SYNC_FILE_CHANGED,
+                    "the snapshot we serve changed content under the same name (RFC 9697)",
+                    uri=uri.uri,
+                )
 
     # ------------------------------------------------------------------ staging RRDP files
 
@@ -485,7 +533,7 @@ class _Run:
             else None
         )
         upstream = self.o.upstream
-        linked = isinstance(upstream, DirUpstream) and upstream.link(rel, tmp)
+        linked = self.o.link_local and isinstance(upstream, DirUpstream) and upstream.link(rel, tmp)
         gz_linked = (
             linked and isinstance(upstream, DirUpstream) and upstream.link(rel + ".gz", tmp_gz)
         )
@@ -539,7 +587,14 @@ class _Run:
                     f"{kind.value} hash differs from the notification's",
                     uri=uri.uri,
                 )
-            if (gz_linked or passthrough) and not _gzip_trailer_matches(tmp_gz, crc, size):
+            # A linked sibling is fully decoded once (a damaged one must never be served); the
+            # gzip we were sent was decoded already, its trailer names what it decoded to.
+            usable = (
+                _gzip_verified(tmp_gz, crc, size)
+                if gz_linked
+                else _gzip_trailer_matches(tmp_gz, crc, size)
+            )
+            if (gz_linked or passthrough) and not usable:
                 # Several gzip members, or a sibling that belongs to another file.
                 log.info(
                     "upstream gzip form of %s not usable as is; compressing our own",
@@ -573,9 +628,22 @@ class _Run:
         """Move verified files to their public paths (still unreferenced: invisible)."""
         for s in self.staged:
             final = self.o.rrdp_dir / s.rel
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(s.tmp, final)
-            os.replace(s.tmp_gz, final.with_name(final.name + ".gz"))
+            if not _same_content(final, s.tmp, s.sha256):
+                # Still on disk in its grace period, so clients may fetch it: never replaced.
+                raise RemoteProtocolError(
+                    Reason.SYNC_FILE_CHANGED,
+                    "a file we still serve changed content under the same name (RFC 9697)",
+                    path=s.rel,
+                )
+            try:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(s.tmp, final)
+                os.replace(s.tmp_gz, final.with_name(final.name + ".gz"))
+            except OSError as exc:
+                # A name that clashes with a file or directory still served (in its grace).
+                raise StorageError(
+                    Reason.SYNC_NAME_CLASH, f"cannot place: {exc.strerror}", path=s.rel
+                ) from exc
             state.forget_retired(s.rel)
             state.forget_retired(s.rel + ".gz")
 
@@ -696,7 +764,11 @@ class _Run:
 
                 try:
                     self.stage(ref.uri, ref.hash, FileKind.DELTA, session, ref.serial, on_event)
-                except (RemoteProtocolError, IntegrityError) as exc:
+                except (StorageError, LocalProtocolError, ConfigError):
+                    raise  # our side failed: no snapshot would do better
+                except RpkiRepoError as exc:
+                    # Anything wrong with the delta itself (its hash, its form, a limit, its
+                    # transfer): take the snapshot (rrdp-checklist (b)20).
                     raise _DeltaMismatch(exc) from exc
             state.log_changes(plan.deltas[-1].serial, changes.items())
         except BaseException:
@@ -838,6 +910,8 @@ class _Run:
                 break
             expected -= 1
             rel = relative_to_base(ref.uri, self.base)
+            if rel in self.changed_names:
+                break
             have = held.get(ref.serial)
             if ref.serial in applied:
                 staged = applied[ref.serial]
@@ -846,6 +920,15 @@ class _Run:
                 size = have.size
             else:
                 if total >= snap_size:
+                    break
+                on_disk = self.o.rrdp_dir / rel
+                if on_disk.exists() and not _same_content(on_disk, on_disk, ref.hash, force=True):
+                    # An older file of that name is still served (grace): never replaced.
+                    log.warning(
+                        "delta %d not listed: its name holds other content",
+                        ref.serial,
+                        extra={"reason": Reason.SYNC_FILE_CHANGED},
+                    )
                     break
                 try:
                     staged = self.stage(
@@ -924,6 +1007,46 @@ class _Run:
         except BaseException:
             state.rollback()
             raise
+
+
+def _same_content(existing: Path, staged: Path, digest: Sha256, *, force: bool = False) -> bool:
+    """True when nothing is at ``existing``, or it is the staged file (same inode) or has the
+    same SHA-256 (read only in this rare case: a name upstream reused).  ``force``: always
+    compare the hash."""
+    try:
+        st = os.lstat(existing)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        return False
+    if not force and st.st_ino == os.stat(staged).st_ino and st.st_dev == os.stat(staged).st_dev:
+        return True
+    h = hashlib.sha256()
+    with open(existing, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.digest() == digest.digest
+
+
+def _gzip_verified(path: Path, crc: int, size: int) -> bool:
+    """Whether ``path`` is one gzip member that decodes to ``size`` bytes with CRC-32 ``crc``
+    (zlib checks the member's own CRC against what it decoded)."""
+    if not _gzip_trailer_matches(path, crc, size):
+        return False
+    z = isal_zlib.decompressobj(31)
+    total = 0
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                while chunk:
+                    total += len(z.decompress(chunk, 1 << 22))
+                    chunk = z.unconsumed_tail
+            total += len(z.flush())
+    except Exception:  # OSError, or isal's IsalError (its stubs do not type it as one)
+        return False
+    return z.eof and not z.unused_data and total == size
 
 
 def _gzip_trailer_matches(path: Path, crc: int, size: int) -> bool:
