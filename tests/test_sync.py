@@ -471,3 +471,26 @@ def test_upstream_gz_sibling_is_linked_only_when_it_matches(
     ours = opts.rrdp_dir / (rel + ".gz")
     assert gzip.decompress(ours.read_bytes()) == mine.read_bytes()
     assert (ours.stat().st_ino == gz.stat().st_ino) == (damage == "none")
+
+
+def test_run_deadline_keeps_the_last_good_state(tmp_path: Path, upstream: UpstreamServer) -> None:
+    """All files of a run together get ``sync_run_deadline`` ((c)31: many slow files)."""
+    from rpkirepo.errors import RemoteProtocolError
+    from rpkirepo.limits import DEFAULT_LIMITS
+
+    opts = mirror_options(tmp_path / "m", upstream.rrdp)
+    sync_once(opts)
+    before = (opts.rrdp_dir / "notification.xml").read_bytes()
+    upstream.advance()
+    hurried = mirror_options(
+        tmp_path / "m", upstream.rrdp, limits=DEFAULT_LIMITS.override({"sync_run_deadline": 0})
+    )
+    with pytest.raises(RemoteProtocolError) as exc:
+        sync_once(hurried)
+    assert (exc.value.reason, exc.value.context["limit"]) == (
+        Reason.HTTP_TIMEOUT,
+        "sync_run_deadline",
+    )
+    assert (opts.rrdp_dir / "notification.xml").read_bytes() == before
+    assert sync_once(opts).outcome == "deltas"
+    assert tree(opts.rsync_dir) == upstream.objects()

@@ -83,6 +83,11 @@ class Limits:
     http_max_redirects: int = _limit(
         3, "Most HTTP redirects followed for one file (same origin only, RFC 9674)."
     )
+    sync_run_deadline: int = _limit(
+        3600,
+        "Seconds one sync run of one repository may spend fetching, all files together "
+        "(many slow files, (c)31); the last good state stays served.",
+    )
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)

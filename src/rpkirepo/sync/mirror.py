@@ -199,6 +199,7 @@ class _Run:
         self.timings: dict[str, float] = {}
         self._lap = time.monotonic()
         self.fetched = 0
+        self.deadline = time.monotonic() + opts.limits.sync_run_deadline
         self.staged: list[_Staged] = []
         #: Files upstream rewrote under a name we serve: never replaced, never listed again.
         self.changed_names: set[str] = set()
@@ -558,6 +559,13 @@ class _Run:
                     else:
                         comp = isal_zlib.compressobj(self.o.gzip_level, isal_zlib.DEFLATED, 31)
                 for chunk in f.chunks():
+                    if time.monotonic() > self.deadline:
+                        raise RemoteProtocolError(
+                            Reason.HTTP_TIMEOUT,
+                            "the run took too long",
+                            uri=uri.uri,
+                            limit="sync_run_deadline",
+                        )
                     size += len(chunk)
                     if fd >= 0:
                         write_all(fd, chunk)
