@@ -694,9 +694,10 @@ class _Run:
         """Make ``tree`` hold the current revision: link everything (fresh tree) or replay the
         change log after ``base_serial`` (ring tree)."""
         if base_serial < 0:
-            rows = state.objects()
-            n = len(rows)
-            for i, path in enumerate(rows):
+            # Streamed from SQLite: a million paths never sit in memory at once.
+            conn = state.connection
+            n = conn.execute("SELECT COUNT(*) FROM objects").fetchone()[0]
+            for i, (path,) in enumerate(conn.execute("SELECT path FROM objects")):
                 tree.link(path)
                 if i % 8192 == 0:
                     self.progress("tree", i, n)
