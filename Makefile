@@ -9,7 +9,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Real peers the tests talk to (Debian packages).
-DEB_PEERS := rsync rpki-client fort-validator octorpki nginx-light openssl ca-certificates \
+DEB_PEERS := rsync rpki-client fort-validator octorpki nginx-light openssl ca-certificates curl wrk \
              faketime procps util-linux
 
 .PHONY: all venv peers demo test check lint typecheck bench clean

@@ -1414,3 +1414,175 @@ def serve_testbed(
         ) as rsync,
     ):
         yield Served(nginx, rsync, tls)
+
+
+# --------------------------------------------------------------------------------------------
+# rpkirepo's own rsync daemon, in-process (tests/test_rsyncd_*.py)
+
+
+@dataclass
+class RpkirepoRsyncd:
+    """Our rsync daemon running on its own event loop in a background thread."""
+
+    daemon: object  # rpkirepo.rsync.daemon.RsyncDaemon
+    host: str
+    port: int
+    loop: object  # asyncio.AbstractEventLoop
+
+    def url(self, path: str = "") -> str:
+        return f"rsync://{self.host}:{self.port}/{path}"
+
+    def call(self, coro_factory: object, timeout: float = 30.0) -> object:
+        """Run a coroutine (made by ``coro_factory()``) on the daemon's loop and wait for it."""
+        import asyncio
+
+        fut = asyncio.run_coroutine_threadsafe(coro_factory(), self.loop)  # type: ignore[operator,arg-type]
+        return fut.result(timeout)
+
+
+@contextlib.contextmanager
+def rpkirepo_rsyncd(
+    modules: Mapping[str, Path], limits: object = None, host: str = LOOPBACK4, port: int = 0
+) -> Iterator[RpkirepoRsyncd]:
+    """Start ``rpkirepo.rsync.daemon.RsyncDaemon`` on ``host``:``port`` (0: any free port) in a
+    thread; stop it and join the thread when the block ends."""
+    import asyncio
+    import threading
+
+    from rpkirepo.limits import DEFAULT_LIMITS
+    from rpkirepo.rsync.daemon import RsyncDaemon
+
+    loop = asyncio.new_event_loop()
+    daemon = RsyncDaemon(modules, limits or DEFAULT_LIMITS)  # type: ignore[arg-type]
+    thread = threading.Thread(target=loop.run_forever, name="rpkirepo-rsyncd", daemon=True)
+    thread.start()
+    try:
+        bound = asyncio.run_coroutine_threadsafe(daemon.start([(host, port)]), loop).result(30)
+        yield RpkirepoRsyncd(daemon, bound[0][0], bound[0][1], loop)
+    finally:
+        asyncio.run_coroutine_threadsafe(daemon.close(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+# --------------------------------------------------------------------------------------------
+# `rpkirepo serve` as a child process, and nginx with a caller's configuration (test_serve_*)
+
+
+@dataclass
+class RpkirepoServer:
+    """``python -m rpkirepo serve`` running in its own process group."""
+
+    port: int
+    hosts: tuple[str, ...]
+    log: Path
+    access_log: Path
+
+    def access_lines(self) -> list[str]:
+        return self.access_log.read_text().splitlines() if self.access_log.exists() else []
+
+    def logs(self) -> str:
+        return _logs_text([self.log, self.access_log])
+
+
+@contextlib.contextmanager
+def rpkirepo_serve(
+    workdir: Path,
+    rrdp_dir: Path,
+    *,
+    tls: TlsCa | None = None,
+    port: int | None = None,
+    ipv6: bool = True,
+    extra_args: Sequence[str] = (),
+    startup_timeout: float = 15.0,
+) -> Iterator[RpkirepoServer]:
+    """Run the real ``rpkirepo serve`` (the CLI, in a child process) on ``rrdp_dir``, over TLS
+    with ``tls``'s server certificate when given, on 127.0.0.1 (and [::1] when ``ipv6`` and the
+    host has it), with a CLF access log in ``workdir``; SIGTERM when the block ends."""
+    hosts: tuple[str, ...] = (
+        (LOOPBACK4, LOOPBACK6) if ipv6 and ipv6_loopback_available() else (LOOPBACK4,)
+    )
+    if port is None:
+        port = free_port(hosts)
+    _require_free("rpkirepo serve", hosts, port)
+    public_dir(workdir)
+    log = workdir / "serve.log"
+    access = workdir / "access.log"
+    argv = [sys.executable, "-m", "rpkirepo", "-v", "serve", "--rrdp-dir", str(rrdp_dir)]
+    for h in hosts:
+        argv += ["--listen", f"[{h}]:{port}" if ":" in h else f"{h}:{port}"]
+    if tls is not None:
+        argv += ["--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key)]
+    argv += ["--access-log", str(access), "--poll-interval", "0.2", *extra_args]
+    proc = _start(argv, log)
+    try:
+        _wait_for_port("rpkirepo serve", proc, hosts, port, startup_timeout, [log])
+        yield RpkirepoServer(port, hosts, log, access)
+    finally:
+        _stop(proc, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def nginx_custom(
+    workdir: Path,
+    http_conf: str,
+    *,
+    port: int,
+    binary: str = "nginx",
+    startup_timeout: float = 10.0,
+) -> Iterator[NginxServer]:
+    """Run the real nginx with ``http_conf`` (the inside of an ``http { }`` block, holding the
+    caller's ``server`` blocks, listening on 127.0.0.1:``port``) wrapped in a generated main
+    configuration: foreground, one worker, pid, logs and temporary files in ``workdir``, workers
+    as nobody when run as root."""
+    hosts = (LOOPBACK4,)
+    _require_free("nginx", hosts, port)
+    public_dir(workdir / "tmp")
+    user = ""
+    if os.geteuid() == 0:
+        uid, gid = _unprivileged_ids()
+        user = f"user {pwd.getpwuid(uid).pw_name} {grp.getgrgid(gid).gr_name};"
+        for d in (workdir / "tmp",):
+            os.chown(d, uid, gid)
+    w = _conf_path(workdir)
+    conf = workdir / "nginx.conf"
+    conf.write_text(
+        f"""\
+# generated by tests/peers.py for one test run
+daemon off;
+master_process on;
+worker_processes 1;
+{user}
+pid "{w}/nginx.pid";
+error_log "{w}/error.log" info;
+events {{ worker_connections 256; }}
+http {{
+  access_log "{w}/access.log";
+  client_body_temp_path "{w}/tmp/body";
+  proxy_temp_path "{w}/tmp/proxy";
+  fastcgi_temp_path "{w}/tmp/fastcgi";
+  uwsgi_temp_path "{w}/tmp/uwsgi";
+  scgi_temp_path "{w}/tmp/scgi";
+{http_conf}
+}}
+"""
+    )
+    server = NginxServer(
+        port=port,
+        hosts=hosts,
+        workdir=workdir,
+        access_log=workdir / "access.log",
+        error_log=workdir / "error.log",
+    )
+    stdout_log = workdir / "nginx.stdout.log"
+    proc = _start(
+        [binary, "-p", f"{workdir}/", "-c", str(conf), "-e", str(server.error_log)], stdout_log
+    )
+    try:
+        _wait_for_port(
+            "nginx", proc, hosts, port, startup_timeout, [stdout_log, server.error_log, conf]
+        )
+        yield server
+    finally:
+        _stop(proc, signal.SIGTERM)

@@ -33,6 +33,7 @@ commands:
   publish   turn a directory of RPKI objects into an RRDP repository and an rsync tree
   inspect   show what the object reader sees in RPKI object files
   limits    list every hard limit, its default and what it protects
+  serve     serve an RRDP directory over HTTP(S): RRDP files only, atomic revisions
   sync      mirror a (hidden) RRDP publication server to this node's RRDP and rsync dirs
   testbed   generate a complete, valid RPKI (TA, CAs, ROAs, ASPA, ...) for testing
 
@@ -268,91 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true", help="print docs/limits.md")
     p.set_defaults(func=cmd_limits)
 
-    p = sub.add_parser(
-        "publish",
-        help="directory of objects -> RRDP repository + rsync tree",
-        description="Publish a directory of RPKI objects as an RRDP repository (RFC 8182) and a "
-        "consistent rsync tree.",
-        epilog=PUBLISH_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _common(p)
-    p.add_argument("source_dir", nargs="?", type=Path, help="directory of RPKI objects")
-    p.add_argument("--rsync-base", help="rsync URI the source directory maps to (ends with /)")
-    p.add_argument("--https-base", help="public HTTPS URI of the RRDP directory (ends with /)")
-    p.add_argument("--state-dir", type=Path, help="state directory (default /var/lib/rpkirepo)")
-    p.add_argument("--rrdp-dir", type=Path, help="RRDP output directory (default STATE/rrdp)")
-    p.add_argument("--rsync-dir", type=Path, help="rsync output directory (default STATE/rsync)")
-    p.add_argument(
-        "--cleanup-after",
-        type=_duration,
-        help="grace period for files and trees no longer referenced (default 2h)",
-    )
-    p.add_argument(
-        "--rrdp-max-deltas", type=int, help="most deltas in the notification (default 100)"
-    )
-    p.add_argument("--rrdp-max-delta-age", type=_duration, help="oldest delta listed (default 24h)")
-    p.add_argument(
-        "--gzip-level", type=int, choices=range(4), help="ISA-L deflate level 0-3 (default 3)"
-    )
-    p.add_argument(
-        "--skip-invalid",
-        action="store_true",
-        default=None,
-        help="publish the valid files and skip bad ones (default: refuse the whole run)",
-    )
-    p.add_argument(
-        "--rsync-include-host",
-        action="store_true",
-        default=None,
-        help="lay the rsync tree out as HOST/MODULE/PATH (several repositories in one tree)",
-    )
-    p.add_argument(
-        "--rsync-max-revisions", type=int, help="most rsync revision trees kept (default 200)"
-    )
-    p.add_argument(
-        "--max-shrink",
-        type=float,
-        help="refuse a run that withdraws more than this share of the objects (default 0.5)",
-    )
-    p.add_argument(
-        "--force",
-        action="store_true",
-        default=None,
-        help="publish even when the shrink guard objects",
-    )
-    p.add_argument("--metrics-file", type=Path, help="write Prometheus metrics to this file")
-    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
-    p.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar (default: when stderr is a terminal)",
-    )
-    p.set_defaults(func=cmd_publish)
+    from rpkirepo.serve import command as serve_command
 
-    p = sub.add_parser(
-        "inspect",
-        help="show what the object reader sees in RPKI object files",
-        description="Read RPKI objects (certificates, CRLs, manifests, ROAs, ASPA, ...) and "
-        "print what repository tools use: type, times, URIs, manifest entries, ROA prefixes.",
-        epilog="examples:\n  rpkirepo inspect repo/*.mft\n  rpkirepo inspect --json a.roa",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = sub.add_parser("serve", help="serve an RRDP directory over HTTP/1.1 and TLS")
     _common(p)
-    p.add_argument("files", nargs="+", type=Path)
-    p.add_argument("--json", action="store_true", help="one JSON object per file")
-    p.set_defaults(func=cmd_inspect)
-
-    p = sub.add_parser(
-        "limits",
-        help="list every hard limit and its default",
-        description="Every hard limit on untrusted input, its default, and what it guards. "
-        "Override any of them in the [limits] table of the configuration file.",
-    )
-    _common(p)
-    p.add_argument("--markdown", action="store_true", help="print docs/limits.md")
-    p.set_defaults(func=cmd_limits)
+    serve_command.add_arguments(p)
+    p.set_defaults(func=serve_command.run)
 
     p = sub.add_parser(
         "testbed",

@@ -16,6 +16,9 @@ Layout (every table optional)::
     state_dir = "/var/lib/rpkirepo"
     cleanup_after = 7200
 
+    [sync]                    # `rpkirepo sync`; several repositories as [[sync.repository]]
+    [serve]                   # `rpkirepo serve`
+
 Precedence: command-line flag, then the file, then the built-in default.  Unknown tables or keys
 are errors (a typo must not silently fall back to a default).
 """

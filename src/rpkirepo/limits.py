@@ -68,7 +68,6 @@ class Limits:
         10_000_000, "Most files accepted in a publish source directory."
     )
     max_source_depth: int = _limit(32, "Deepest directory nesting in a publish source directory.")
-
     # --- sync (and every HTTP fetch) ---
     http_read_timeout: int = _limit(
         60,
@@ -88,6 +87,111 @@ class Limits:
         "Seconds one sync run of one repository may spend fetching, all files together "
         "(many slow files, (c)31); the last good state stays served.",
     )
+    # --- serve ---
+    serve_max_request_line: int = _limit(
+        8192, "Longest HTTP request line `rpkirepo serve` reads (longer: 414)."
+    )
+    serve_max_header_bytes: int = _limit(
+        16384, "Most bytes of request header fields `rpkirepo serve` reads (more: 431)."
+    )
+    serve_max_header_count: int = _limit(
+        64, "Most request header fields `rpkirepo serve` accepts (more: 431)."
+    )
+    serve_max_pipelined: int = _limit(
+        16,
+        "Most pipelined requests `rpkirepo serve` holds parsed per connection; past this it "
+        "stops reading until responses have gone out.",
+    )
+    serve_max_connections: int = _limit(
+        20000, "Most open client connections per `rpkirepo serve` worker (more: closed at once)."
+    )
+    serve_max_connections_per_address: int = _limit(
+        1000,
+        "Most open connections from one client IP address per worker (more: closed at once).",
+    )
+    serve_header_timeout: int = _limit(
+        10,
+        "Seconds a client may take to send a whole request head, from its first byte (slowloris).",
+    )
+    serve_idle_timeout: int = _limit(
+        60, "Seconds a keep-alive connection may stay idle between requests."
+    )
+    serve_send_timeout: int = _limit(
+        60, "Seconds a response may make no progress because the client does not read."
+    )
+    serve_memory_file_max: int = _limit(
+        16 * 1024 * 1024,
+        "Largest notification or delta file `rpkirepo serve` holds in memory; larger ones and "
+        "every snapshot are sent from disk with sendfile.",
+    )
+    serve_rate_per_address: int = _limit(
+        0,
+        "Requests per second one client IP address may make per worker, bursts of 4 s allowed "
+        "(0: no rate limit; more: 429).",
+    )
+    # --- rsync daemon ---
+    rsync_max_greeting: int = _limit(
+        256, "Longest `@RSYNCD:` greeting or module line the rsync daemon reads (rsync-wire §8)."
+    )
+    rsync_max_args: int = _limit(
+        64,
+        "Most server arguments an rsync client may send (rsyncd had no cap until 3.5.0: the "
+        "APNIC argument flood).",
+    )
+    rsync_max_arg_length: int = _limit(4096, "Longest single rsync server argument, in bytes.")
+    rsync_max_args_bytes: int = _limit(16384, "Most bytes of rsync server arguments in total.")
+    rsync_max_filter_rules: int = _limit(256, "Most filter rules an rsync client may send.")
+    rsync_max_filter_rule_length: int = _limit(1024, "Longest single rsync filter rule, in bytes.")
+    rsync_max_filter_bytes: int = _limit(65536, "Most bytes of rsync filter rules in total.")
+    rsync_max_data_frame: int = _limit(
+        256 * 1024, "Largest multiplexed MSG_DATA frame accepted from an rsync client."
+    )
+    rsync_max_message_frame: int = _limit(
+        4096, "Largest multiplexed non-data frame (INFO, ERROR, ...) accepted from an rsync client."
+    )
+    rsync_max_sum_count: int = _limit(
+        1 << 20, "Most block checksums in one rsync sum head (they are read and discarded)."
+    )
+    rsync_max_sum_bytes: int = _limit(
+        32 * 1024 * 1024, "Most bytes of block checksums one rsync session may send in total."
+    )
+    rsync_max_block_length: int = _limit(
+        1 << 17, "Largest block length in an rsync sum head at protocol >= 30 (rsync's own cap)."
+    )
+    rsync_max_block_length_27: int = _limit(
+        1 << 29, "Largest block length in an rsync sum head at protocol 27 (rsync's old cap)."
+    )
+    rsync_max_requests_per_file: int = _limit(
+        2, "How often one rsync session may request the same file (rsync redoes a file once)."
+    )
+    rsync_max_del_stats: int = _limit(
+        16, "Most NDX_DEL_STATS records one rsync session may send (protocol 31)."
+    )
+    rsync_max_tree_entries: int = _limit(
+        10_000_000, "Most files and directories in one served rsync revision."
+    )
+    rsync_max_flist_cache: int = _limit(
+        32,
+        "Most encoded rsync file lists kept per revision (one per distinct protocol, path, "
+        "options and filter set).",
+    )
+    rsync_handshake_timeout: int = _limit(
+        20, "Seconds an rsync client has from connecting to the end of its filter list."
+    )
+    rsync_idle_timeout: int = _limit(
+        60, "Seconds an rsync connection may make no progress in either direction."
+    )
+    rsync_session_timeout: int = _limit(1800, "Seconds one rsync session may last in total.")
+    rsync_max_connections: int = _limit(
+        2000, "Most concurrent rsync daemon connections (more: refused with an @ERROR line)."
+    )
+    rsync_max_connections_per_address: int = _limit(
+        50, "Most concurrent rsync daemon connections from one client IP address."
+    )
+    rsync_revision_poll: int = _limit(
+        2, "Seconds between checks of a module's `current` symlink for a new revision."
+    )
+
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
