@@ -209,3 +209,4 @@ def test_make_demo_runs(tmp_path: Path) -> None:
     assert (tmp_path / "demo-out" / "rrdp" / "notification.xml").exists()
     assert "sync: deltas, 1 delta applied" in out.stdout
     assert "mirror tree identical to the publisher's: True" in out.stdout
+    assert "then not-modified (one conditional request). Its tree is identical: True" in out.stdout

@@ -3,8 +3,9 @@
 Everything is local and made on the spot: ``rpkirepo testbed`` generates a trust anchor, a small
 CA tree with ROAs, ASPAs and Ghostbusters records, and the VRPs a relying party must find in it;
 ``rpkirepo publish`` turns it into an RRDP repository and an rsync tree under ``demo-out/``;
-``rpkirepo sync`` mirrors that to a public node's directories and follows a change by one delta.
-No server and no network are needed.  (Serving and fetching join the demo as `serve` and `fetch`
+``rpkirepo sync`` mirrors that to a public node's directories and follows a change by one delta;
+``rpkirepo serve`` serves the mirror on loopback and a second node syncs from it over HTTP.
+Nothing leaves the machine.  (Serving and fetching join the demo as `serve` and `fetch`
 land; `make test` already runs rpki-client against exactly this kind of output.)
 """
 
@@ -12,15 +13,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from rpkirepo.errors import RpkiRepoError
+from rpkirepo.httpget import HttpOptions
 from rpkirepo.publish import PublishOptions, publish
 from rpkirepo.rrdp.parser import parse_notification
 from rpkirepo.sync.mirror import SyncOptions, sync_once
-from rpkirepo.sync.upstream import DirUpstream
+from rpkirepo.sync.upstream import DirUpstream, HttpUpstream
 from rpkirepo.testbed import TestbedOptions, advance, generate
 from rpkirepo.uri import HttpsUri, RsyncUri
 
@@ -45,6 +50,51 @@ def _show_tree(root: Path, limit: int) -> None:
 
 def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def _serve_and_fetch_back(out: Path, rrdp_dir: Path) -> dict[str, object]:
+    """`rpkirepo serve` in a child process on a free loopback port; `sync` from it over HTTP."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "rpkirepo", "-q", "serve", "--rrdp-dir", str(rrdp_dir),
+         "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    err = server.stderr.read().decode() if server.stderr else ""
+                    raise RuntimeError(f"rpkirepo serve did not start: {err}") from None
+                time.sleep(0.1)
+        node2 = SyncOptions(
+            notification_uri=HttpsUri(HTTPS_BASE + "notification.xml"),
+            upstream=HttpUpstream(f"http://127.0.0.1:{port}/rrdp/", HttpOptions()),
+            state_dir=out / "node2",
+            rrdp_dir=out / "node2" / "rrdp",
+            rsync_dir=out / "node2" / "rsync",
+        )
+        first = sync_once(node2)
+        again = sync_once(node2)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    return {
+        "url": f"http://127.0.0.1:{port}/rrdp/notification.xml",
+        "outcome": first.outcome,
+        "serial": first.serial,
+        "objects": first.objects,
+        "bytes": first.bytes_fetched,
+        "again": again.outcome,
+    }
 
 
 def main() -> int:
@@ -122,12 +172,22 @@ def main() -> int:
             f"{same}"
         )
         print(f"   mirror RRDP {mirror.rrdp_dir}, rsync {mirror.rsync_dir}/current")
+
+        served = _serve_and_fetch_back(out, mirror.rrdp_dir)
         print(
-            "\nServe it: an HTTPS server on demo-out/rrdp at "
-            f"{HTTPS_BASE} (gzip_static for the .gz files),\n"
-            "an rsync module 'repo' on demo-out/rsync/current; then point a relying party at "
-            f"{tb.tal}.\nYour own repository: rpkirepo publish DIR --rsync-base ... "
-            "--https-base ... (rpkirepo publish --help)."
+            f"\n6. rpkirepo serve on {served['url']} (the mirror's RRDP directory, plain HTTP on "
+            f"loopback), and a second node syncing from it over HTTP: {served['outcome']}, "
+            f"serial {served['serial']}, {served['objects']} objects, {served['bytes']} bytes "
+            f"fetched; then {served['again']} (one conditional request). Its tree is identical: "
+            f"{_files(out / 'node2' / 'rsync' / 'current') == _files(opts.rsync_dir / 'current')}"
+        )
+        print(
+            "\nServe it for real: rpkirepo serve --rrdp-dir demo-out/rrdp --listen ADDR:443 "
+            "--tls-cert ... --tls-key ...\n(or nginx with gzip_static, docs/serving.md) and an "
+            "rsync module 'repo' on demo-out/rsync/current;\nthen point a relying party at "
+            f"{tb.tal}. `make test` does exactly that with rpki-client, FORT and OctoRPKI.\n"
+            "Your own repository: rpkirepo publish DIR --rsync-base ... --https-base ...; "
+            "a public node: rpkirepo sync (docs/sync.md)."
         )
     except RpkiRepoError as exc:
         print(f"demo: error {exc}", file=sys.stderr)
