@@ -322,8 +322,12 @@ def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def test_cli_one_shot_status_and_lock_exit_code(tmp_path: Path, upstream: UpstreamServer) -> None:
     state = tmp_path / "m"
     args = [NOTIFY, "--source-uri-base", str(upstream.rrdp), "--state-dir", str(state)]
-    out = json.loads(_cli("sync", *args, "--json").stdout)
+    metrics = tmp_path / "sync.prom"
+    out = json.loads(_cli("sync", *args, "--json", "--metrics-file", str(metrics)).stdout)
     assert out["outcome"] == "snapshot" and out["reason"] == "no-local-state"
+    prom = metrics.read_text()
+    assert f'rpkirepo_sync_serial{{repository="{NOTIFY}"}} {out["serial"]}' in prom
+    assert f'rpkirepo_sync_runs_total{{outcome="snapshot",repository="{NOTIFY}"}} 1' in prom
     assert tree(state / "rsync") == upstream.objects()
     status = json.loads(_cli("sync", *args, "--status", "--json").stdout)
     assert status["serial"] == str(out["serial"]) and status["objects"] == out["objects"]
