@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 from pathlib import Path
 
@@ -40,3 +41,23 @@ def require_peer(binary: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def mutate_objects(
+    rng: random.Random, src: Path, files: dict[str, bytes], pool: list[bytes]
+) -> None:
+    """Churn for the kill -9 tests: replace or remove 50-300 objects of ``files`` (mirrored in
+    ``src``) and add up to 400 new ones, contents drawn from ``pool``."""
+    names = sorted(files)
+    for name in rng.sample(names, k=min(len(names), rng.randrange(50, 300))):
+        if rng.random() < 0.4:
+            (src / name).unlink()
+            del files[name]
+        else:
+            files[name] = rng.choice(pool)
+            (src / name).write_bytes(files[name])
+    for i in range(rng.randrange(0, 400)):
+        name = f"ca{rng.randrange(20)}/n{rng.randrange(10**9)}-{i}.roa"
+        files[name] = rng.choice(pool)
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(files[name])

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import mutate_objects
 from rpkirepo.rrdp.model import PublishElement
 from rpkirepo.rrdp.parser import iter_events, parse_notification
 
@@ -55,22 +56,6 @@ def _tree_content(rsync: Path) -> dict[str, bytes] | None:
     return out
 
 
-def _mutate(rng: random.Random, src: Path, files: dict[str, bytes], pool: list[bytes]) -> None:
-    names = sorted(files)
-    for name in rng.sample(names, k=min(len(names), rng.randrange(50, 300))):
-        if rng.random() < 0.4:
-            (src / name).unlink()
-            del files[name]
-        else:
-            files[name] = rng.choice(pool)
-            (src / name).write_bytes(files[name])
-    for i in range(rng.randrange(0, 400)):
-        name = f"ca{rng.randrange(20)}/n{rng.randrange(10**9)}-{i}.roa"
-        files[name] = rng.choice(pool)
-        (src / name).parent.mkdir(parents=True, exist_ok=True)
-        (src / name).write_bytes(files[name])
-
-
 @pytest.mark.slow
 def test_kill_at_random_points_leaves_outputs_consistent(tmp_path: Path, corpus_dir: Path) -> None:
     pool = [
@@ -82,7 +67,7 @@ def test_kill_at_random_points_leaves_outputs_consistent(tmp_path: Path, corpus_
     src, state, rrdp, rsync = (tmp_path / n for n in ("src", "state", "rrdp", "rsync"))
     files: dict[str, bytes] = {}
     src.mkdir()
-    _mutate(rng, src, files, pool)
+    mutate_objects(rng, src, files, pool)
     for i in range(2500):
         name = f"ca{i % 40}/obj{i}.roa"
         files[name] = rng.choice(pool)
@@ -115,7 +100,7 @@ def test_kill_at_random_points_leaves_outputs_consistent(tmp_path: Path, corpus_
     # full run, which takes much longer: the fastest of three, so kills land inside runs.
     durations = []
     for _ in range(3):
-        _mutate(rng, src, files, pool)
+        mutate_objects(rng, src, files, pool)
         started = time.monotonic()
         subprocess.run(cmd, check=True, env=env, timeout=120)
         durations.append(time.monotonic() - started)
@@ -124,7 +109,7 @@ def test_kill_at_random_points_leaves_outputs_consistent(tmp_path: Path, corpus_
     candidates = [dict(files)]
     kills_mid_run = 0
     for _ in range(14):
-        _mutate(rng, src, files, pool)
+        mutate_objects(rng, src, files, pool)
         candidates.append(dict(files))
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0.05, duration * 0.9))

@@ -19,25 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import mutate_objects
 from rpkirepo.publish import PublishOptions, publish
 from rpkirepo.uri import HttpsUri, RsyncUri
 from sync_support import HTTPS_BASE, NOTIFY, RSYNC_BASE, served_snapshot, tree
-
-
-def _mutate(rng: random.Random, src: Path, files: dict[str, bytes], pool: list[bytes]) -> None:
-    names = sorted(files)
-    for name in rng.sample(names, k=min(len(names), rng.randrange(50, 300))):
-        if rng.random() < 0.4:
-            (src / name).unlink()
-            del files[name]
-        else:
-            files[name] = rng.choice(pool)
-            (src / name).write_bytes(files[name])
-    for i in range(rng.randrange(0, 400)):
-        name = f"ca{rng.randrange(20)}/n{rng.randrange(10**9)}-{i}.roa"
-        files[name] = rng.choice(pool)
-        (src / name).parent.mkdir(parents=True, exist_ok=True)
-        (src / name).write_bytes(files[name])
 
 
 def _publish(src: Path, up: Path) -> None:
@@ -92,7 +77,7 @@ def test_kill_at_random_points_leaves_the_mirror_consistent(
     assert _served(mirror) == (files, files)
     durations = []
     for _ in range(3):
-        _mutate(rng, src, files, pool)
+        mutate_objects(rng, src, files, pool)
         _publish(src, up)
         started = time.monotonic()
         subprocess.run(cmd, check=True, env=env, timeout=120)
@@ -102,7 +87,7 @@ def test_kill_at_random_points_leaves_the_mirror_consistent(
     candidates = [dict(files)]
     kills_mid_run = 0
     for round_ in range(14):
-        _mutate(rng, src, files, pool)
+        mutate_objects(rng, src, files, pool)
         duration = delta_run
         if round_ % 5 == 4:
             shutil.rmtree(up / "state")  # upstream session reset: the snapshot path

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rpkirepo import __version__
-from rpkirepo.config import Config, load_config
+from rpkirepo.config import Config, load_config, parse_duration
 from rpkirepo.errors import ConfigError, Reason, RpkiRepoError
 from rpkirepo.limits import Limits
 from rpkirepo.log import setup_logging
@@ -61,8 +61,14 @@ revoked (file removed, EE serial on the CRL) and one added, and with --roll-key 
 key (RFC 6489; the VRPs stay).  Only the files that change are rewritten, so `rpkirepo publish`
 then writes one delta.  It takes only --seed and --roll-key.
 
+--pub-point RSYNC_BASE[,RRDP_BASE] (repeatable) adds a publication point on an rsync module of its
+own (another host, or another module), with RRDP or rsync only.  CA N lives in point (N-1) mod
+(1 + points), point 0 being --rsync-base/--rrdp-base (which keeps the TA); its certificate
+carries its own point's SIA and lies in its parent's point.  Publish each point on its own.
+
 output:
   OUT_DIR/repository/         the rsync module's content (publish it with `rpkirepo publish`)
+  OUT_DIR/repositories/HOST[_PORT]/MODULE/   that of each --pub-point, published the same way
   OUT_DIR/ta.cer, ta.tal      the trust anchor certificate and its locator (RFC 8630)
   OUT_DIR/expected-vrps.csv   the VRPs in rpki-client's -c format
   OUT_DIR/expected-vrps.json  the VRPs ("roas") and ASPAs ("aspas") in rpki-client's -j shape
@@ -75,6 +81,9 @@ examples:
   rpkirepo publish ./tb/repository --rsync-base rsync://localhost/repo/ \\
       --https-base https://localhost:3000/rrdp/ --state-dir ./tb/publish
   rpkirepo testbed advance ./tb --roll-key      # then the same publish command: one delta
+  rpkirepo testbed ./tb2 --cas 4 --pub-point rsync://rpki-a.example/a/,https://a.example/rrdp/
+  rpkirepo publish ./tb2/repositories/rpki-a.example/a --rsync-base rsync://rpki-a.example/a/ \\
+      --https-base https://a.example/rrdp/ --state-dir ./tb2/publish-a
 
 exit status: 0 written, 1 refused or failed (see the reason code), 2 usage.
 """
@@ -124,17 +133,6 @@ PUBLISH_KEYS = frozenset(
         "force",
     }
 )
-
-
-def _duration(text: str) -> float:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    t = text.strip()
-    try:
-        if t and t[-1] in units:
-            return float(t[:-1]) * units[t[-1]]
-        return float(t)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 7200, 2h, 30m)") from exc
 
 
 def _common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
@@ -200,13 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rsync-dir", type=Path, help="rsync output directory (default STATE/rsync)")
     p.add_argument(
         "--cleanup-after",
-        type=_duration,
+        type=parse_duration,
         help="grace period for files and trees no longer referenced (default 2h)",
     )
     p.add_argument(
         "--rrdp-max-deltas", type=int, help="most deltas in the notification (default 100)"
     )
-    p.add_argument("--rrdp-max-delta-age", type=_duration, help="oldest delta listed (default 24h)")
+    p.add_argument(
+        "--rrdp-max-delta-age", type=parse_duration, help="oldest delta listed (default 24h)"
+    )
     p.add_argument(
         "--gzip-level", type=int, choices=range(4), help="ISA-L deflate level 0-3 (default 3)"
     )
@@ -320,6 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="a URI of the TA certificate for the TAL (repeatable; default RSYNC-BASE/ta.cer)",
+    )
+    p.add_argument(
+        "--pub-point",
+        action="append",
+        default=[],
+        metavar="RSYNC_BASE[,RRDP_BASE]",
+        help="an extra publication point (repeatable): an rsync base on a module of its own, "
+        "and its RRDP base unless rsync only; CAs are spread over the points round-robin",
     )
     p.add_argument("--days", type=float, default=7.0, help="validity after now (default 7)")
     p.add_argument(
@@ -494,7 +502,7 @@ def cmd_publish(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_testbed(args: argparse.Namespace, config: Config) -> int:
-    from rpkirepo.testbed import TestbedOptions, generate
+    from rpkirepo.testbed import TestbedOptions, generate, parse_pub_point
 
     if args.action == "advance":
         return cmd_testbed_advance(args)
@@ -519,6 +527,7 @@ def cmd_testbed(args: argparse.Namespace, config: Config) -> int:
             days=args.days,
             aspa_version=args.aspa_version,
             scale=args.scale,
+            pub_points=tuple(parse_pub_point(text) for text in args.pub_point),
         )
     )
     if not args.quiet:
@@ -526,6 +535,7 @@ def cmd_testbed(args: argparse.Namespace, config: Config) -> int:
             f"testbed: {len(bed.files)} objects, {len(bed.vrps)} VRPs, {len(bed.aspas)} ASPAs, "
             f"valid {bed.not_before:%Y-%m-%dT%H:%M:%SZ} to {bed.not_after:%Y-%m-%dT%H:%M:%SZ}, "
             f"{time.monotonic() - started:.2f}s\n  repository: {bed.repository}\n  TAL: {bed.tal}"
+            + "".join(f"\n  repository: {point.directory}" for point in bed.points[1:])
         )
     return 0
 
@@ -542,6 +552,8 @@ def cmd_testbed_advance(args: argparse.Namespace) -> int:
     ]
     if args.ta_uri:
         given.append("--ta-uri")
+    if args.pub_point:
+        given.append("--pub-point")
     if given:  # the testbed keeps what it was generated with
         raise ConfigError(
             Reason.USAGE, f"testbed advance takes only --seed and --roll-key, not {given[0]}"

@@ -25,6 +25,7 @@ are errors (a typo must not silently fall back to a default).
 
 from __future__ import annotations
 
+import argparse
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,7 +34,7 @@ from typing import Any
 from rpkirepo.errors import ConfigError, Reason
 from rpkirepo.limits import DEFAULT_LIMITS, Limits
 
-__all__ = ["Config", "load_config"]
+__all__ = ["Config", "load_config", "parse_duration"]
 
 KNOWN_TABLES = frozenset({"log", "limits", "publish", "serve", "sync"})
 
@@ -68,3 +69,15 @@ def load_config(path: Path | None) -> Config:
         if not isinstance(value, dict):
             raise ConfigError(Reason.CONFIG_INVALID, "expected a table", key=key, path=str(path))
     return Config(data, path)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``7200``, ``2h``, ``30m``, ``45s`` or ``1d`` (the type of duration flags)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip()
+    try:
+        if t and t[-1] in units:
+            return float(t[:-1]) * units[t[-1]]
+        return float(t)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 7200, 2h, 30m)") from exc

@@ -44,7 +44,6 @@ from rpkirepo.errors import InputError, Reason, RpkiRepoError, StorageError
 from rpkirepo.fsutil import (
     TMP_PREFIX,
     DirLock,
-    atomic_write,
     fsync_dir,
     remove_tree,
     replace_symlink,
@@ -53,7 +52,13 @@ from rpkirepo.fsutil import (
 )
 from rpkirepo.limits import DEFAULT_LIMITS, Limits
 from rpkirepo.objects import mtime_of
-from rpkirepo.publish.rsync_tree import BackgroundTree, TreeWriter, reuse_tree, slot_name
+from rpkirepo.publish.rsync_tree import BackgroundTree, TreeWriter, slot_name
+from rpkirepo.publish.served import (
+    collect_garbage,
+    pick_tree,
+    prune_empty_dirs,
+    write_notification,
+)
 from rpkirepo.publish.snapshot import (
     BucketCopy,
     BucketNew,
@@ -387,7 +392,7 @@ class _Run:
                             extra={"reason": Reason.STORAGE_UNEXPECTED},
                         )
                         os.unlink(os.path.join(dirpath, name))
-            _prune_empty_dirs(session_dir)
+            prune_empty_dirs(session_dir)
         # Temporary files of a crashed atomic_write / replace_symlink.
         for directory in (self.o.rrdp_dir, self.o.rsync_dir):
             for name in os.listdir(directory):
@@ -500,68 +505,13 @@ class _Run:
     # --- step 9: garbage ---
 
     def collect_garbage(self, state: State) -> None:
-        deadline = self.now - self.o.grace
-        retired = state.retired()
-        expired_slots = [
-            s for s in state.slots() if s.retired_at is not None and s.retired_at <= deadline
-        ]
-        if not any(when <= deadline for when in retired.values()) and len(expired_slots) <= 1:
-            return  # nothing to collect: no transaction, no fsync
-        state.begin()
-        try:
-            for rel, when in state.retired().items():
-                if when <= deadline:
-                    path = self.o.rrdp_dir / rel
-                    path.unlink(missing_ok=True)
-                    state.forget_retired(rel)
-                    _prune_upwards(path.parent, self.o.rrdp_dir)
-            free = [
-                s for s in state.slots() if s.retired_at is not None and s.retired_at <= deadline
-            ]
-            # Keep the newest expired tree of this session for reuse by the next run; remove the
-            # others (serial 0 marks trees of an earlier session: never reused).
-            free.sort(key=lambda s: s.serial)
-            reusable = [s for s in free if s.serial > 0][-1:]
-            for s in free:
-                if s in reusable:
-                    continue
-                # Out of service first (atomic rename), so a crash mid-removal never leaves a
-                # half-deleted tree under a name the state still lists.
-                doomed = self.revisions / f"{TMP_PREFIX}gc-{s.name}"
-                os.rename(self.revisions / s.name, doomed)
-                remove_tree(doomed)
-                state.drop_slot(s.name)
-            state.commit()
-        except BaseException:
-            state.rollback()
-            raise
+        collect_garbage(state, self.o.rrdp_dir, self.revisions, self.now - self.o.grace)
 
     def write_notification(self, state: State, *, only_if_different: bool = False) -> None:
         data = notification_bytes(self.notification_from_state(state))
-        if only_if_different:
-            try:
-                if self.notification_path.read_bytes() == data:
-                    return
-            except OSError:
-                pass
-            log.warning(
-                "notification did not match the state; rewritten",
-                extra={"reason": Reason.STATE_OUTPUT_MISMATCH},
-            )
-        # HTTP servers derive Last-Modified from the file mtime, and relying parties send
-        # If-Modified-Since: two serials written within one second must not share an mtime, or
-        # the newer one is answered 304 Not Modified.  So the mtime strictly increases.
-        try:
-            previous = int(os.stat(self.notification_path).st_mtime)
-        except OSError:
-            previous = 0
-        mtime = max(int(time.time()), previous + 1)
-        atomic_write(
-            self.notification_path.with_name(NOTIFICATION_NAME + ".gz"),
-            gzip_bytes(data, self.o.gzip_level),
-            mtime=mtime,
+        write_notification(
+            self.notification_path, data, self.o.gzip_level, only_if_different=only_if_different
         )
-        atomic_write(self.notification_path, data, mtime=mtime)
 
     # --- steps 6-8: a new serial ---
 
@@ -776,31 +726,15 @@ class _Run:
         self, state: State, link_source: Path | None, new_session: bool
     ) -> tuple[TreeWriter, int]:
         """A tree to bring to the new serial: an expired one from the ring, or a new one."""
-        o = self.o
-        if new_session or link_source is None:
-            return TreeWriter.new_tree(self.revisions, self.prefix, None), -1
-        slots = [s for s in state.slots() if s.retired_at is not None and s.serial > 0]
-        deadline = self.now - o.grace
-        expired = [s for s in slots if s.retired_at is not None and s.retired_at <= deadline]
-        choice: SlotRow | None = None
-        if expired:
-            choice = max(expired, key=lambda s: s.serial)
-        elif len(slots) + 1 >= o.rsync_max_revisions and slots:
-            choice = min(slots, key=lambda s: s.serial)
-            log.warning(
-                "rsync tree %s reused before its grace period ended",
-                choice.name,
-                extra={"reason": "rsync-grace-shortened"},
-            )
-        if choice is None:
-            tree = TreeWriter.new_tree(self.revisions, self.prefix, link_source)
-            return tree, -1
-        # Drop it from the state now (in memory transaction at commit); rename out of service.
-        tree = reuse_tree(self.revisions, choice.name, self.prefix, link_source)
-        state.begin()
-        state.drop_slot(choice.name)
-        state.commit()
-        return tree, choice.serial
+        return pick_tree(
+            state,
+            self.revisions,
+            self.prefix,
+            None if new_session else link_source,
+            now=self.now,
+            grace=self.o.grace,
+            max_revisions=self.o.rsync_max_revisions,
+        )
 
     def bring_forward(
         self,
@@ -1015,24 +949,6 @@ def _need(value: str | None) -> str:
     if value is None:
         raise StorageError(Reason.STATE_CORRUPT, "state lacks a required value")
     return value
-
-
-def _prune_upwards(directory: Path, stop: Path) -> None:
-    while directory != stop and stop in directory.parents:
-        try:
-            os.rmdir(directory)
-        except OSError:
-            return
-        directory = directory.parent
-
-
-def _prune_empty_dirs(root: Path) -> None:
-    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
-        if not dirnames and not filenames and Path(dirpath) != root:
-            try:
-                os.rmdir(dirpath)
-            except OSError:
-                continue
 
 
 def publish(opts: PublishOptions, progress: Progress = _no_progress) -> PublishResult:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from rpkirepo.config import Config
+from rpkirepo.config import Config, parse_duration
 from rpkirepo.errors import ConfigError, Reason, RpkiRepoError
 from rpkirepo.httpget import HttpOptions
 from rpkirepo.metrics import Metric, render, write_textfile
@@ -100,17 +100,6 @@ SYNC_KEYS: Final = frozenset(
 _PROCESS_KEYS: Final = frozenset({"metrics_file", "interval", "metrics_listen"})
 
 
-def _duration(text: str) -> float:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    t = text.strip()
-    try:
-        if t and t[-1] in units:
-            return float(t[:-1]) * units[t[-1]]
-        return float(t)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 7200, 2h, 30m)") from exc
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "notification_uri",
@@ -130,7 +119,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rsync-dir", type=Path, help="rsync output (default STATE_DIR/rsync)")
     p.add_argument(
         "--rrdp-notify-delay",
-        type=_duration,
+        type=parse_duration,
         help="seconds new snapshot/delta files are in place before the notification names "
         "them (multi-node setups; default 0)",
     )
@@ -153,7 +142,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--cleanup-after",
-        type=_duration,
+        type=parse_duration,
         help="keep files and trees this long after they stopped being current (default 2h)",
     )
     p.add_argument(
@@ -179,7 +168,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gzip-level", type=int, choices=(0, 1, 2, 3), help=".gz level (default 3)")
     p.add_argument(
         "--interval",
-        type=_duration,
+        type=parse_duration,
         help="daemon mode: sync every repository every INTERVAL (e.g. 60, 1m)",
     )
     p.add_argument(

@@ -63,7 +63,6 @@ from rpkirepo.errors import (
 from rpkirepo.fsutil import (
     TMP_PREFIX,
     DirLock,
-    atomic_write,
     fsync_dir,
     remove_tree,
     replace_symlink,
@@ -73,8 +72,13 @@ from rpkirepo.fsutil import (
 from rpkirepo.httpget import Validators
 from rpkirepo.limits import DEFAULT_LIMITS, Limits
 from rpkirepo.objects import mtime_of
-from rpkirepo.publish.rsync_tree import BackgroundTree, TreeWriter, reuse_tree
-from rpkirepo.publish.snapshot import gzip_bytes
+from rpkirepo.publish.rsync_tree import BackgroundTree, TreeWriter
+from rpkirepo.publish.served import (
+    collect_garbage,
+    pick_tree,
+    prune_empty_dirs,
+    write_notification,
+)
 from rpkirepo.publish.state import DeltaRow, SlotRow, State
 from rpkirepo.rrdp.model import (
     DeltaRef,
@@ -418,7 +422,7 @@ class _Run:
         for entry in os.scandir(self.o.rrdp_dir):
             if entry.name.startswith(TMP_PREFIX) and entry.is_dir(follow_symlinks=False):
                 remove_tree(Path(entry.path))
-        _prune_empty_dirs(self.o.rrdp_dir)
+        prune_empty_dirs(self.o.rrdp_dir)
         if self.o.rsync_dir.is_dir():
             for name in os.listdir(self.o.rsync_dir):
                 if name.startswith(TMP_PREFIX):
@@ -664,31 +668,24 @@ class _Run:
     # ------------------------------------------------------------------ rsync trees
 
     def pick_tree(self, state: State, fresh: bool) -> tuple[TreeWriter | None, int]:
+        """No tree (rsync disabled), a fresh one linking every unchanged object from
+        ``current`` (snapshot), or one of the ring (:func:`~rpkirepo.publish.served.pick_tree`)."""
         if not self.o.rsync_enabled:
             return None, -1
         self.revisions.mkdir(parents=True, exist_ok=True)
         current = [s for s in state.slots() if s.retired_at is None]
         link_source = self.revisions / current[0].name if current else None
-        if fresh or link_source is None:
+        if fresh:
             return TreeWriter.new_tree(self.revisions, "", link_source), -1
-        slots = [s for s in state.slots() if s.retired_at is not None and s.serial > 0]
-        deadline = self.now - self.o.cleanup_after
-        expired = [s for s in slots if s.retired_at is not None and s.retired_at <= deadline]
-        choice = max(expired, key=lambda s: s.serial) if expired else None
-        if choice is None and slots and len(slots) + 1 >= self.o.rsync_max_revisions:
-            choice = min(slots, key=lambda s: s.serial)
-            log.warning(
-                "rsync tree %s reused before its grace period ended",
-                choice.name,
-                extra={"reason": "rsync-grace-shortened"},
-            )
-        if choice is None:
-            return TreeWriter.new_tree(self.revisions, "", link_source), -1
-        tree = reuse_tree(self.revisions, choice.name, "", link_source)
-        state.begin()
-        state.drop_slot(choice.name)
-        state.commit()
-        return tree, choice.serial
+        return pick_tree(
+            state,
+            self.revisions,
+            "",
+            link_source,
+            now=self.now,
+            grace=self.o.cleanup_after,
+            max_revisions=self.o.rsync_max_revisions,
+        )
 
     def bring_forward(self, state: State, tree: TreeWriter, base_serial: int) -> None:
         """Make ``tree`` hold the current revision: link everything (fresh tree) or replay the
@@ -960,62 +957,16 @@ class _Run:
 
     def write_notification(self, state: State, *, only_if_different: bool = False) -> None:
         notification = self.notification_from_state(state)
-        if notification is None:
-            return
-        data = notification_bytes(notification)
-        if only_if_different:
-            try:
-                if self.notification_path.read_bytes() == data:
-                    return
-            except OSError:
-                pass
-            log.warning(
-                "notification did not match the state; rewritten",
-                extra={"reason": Reason.STATE_OUTPUT_MISMATCH},
+        if notification is not None:
+            write_notification(
+                self.notification_path,
+                notification_bytes(notification),
+                self.o.gzip_level,
+                only_if_different=only_if_different,
             )
-        try:
-            previous = int(os.stat(self.notification_path).st_mtime)
-        except OSError:
-            previous = 0
-        # Last-Modified comes from the mtime: it must grow with every serial (If-Modified-Since).
-        mtime = max(int(time.time()), previous + 1)
-        gz = self.notification_path.with_name(self.notification_path.name + ".gz")
-        atomic_write(gz, gzip_bytes(data, self.o.gzip_level), mtime=mtime)
-        atomic_write(self.notification_path, data, mtime=mtime)
-
-    # ------------------------------------------------------------------ step 9: garbage
 
     def collect_garbage(self, state: State) -> None:
-        deadline = self.now - self.o.cleanup_after
-        retired = state.retired()
-        free = [s for s in state.slots() if s.retired_at is not None and s.retired_at <= deadline]
-        if not any(when <= deadline for when in retired.values()) and len(free) <= 1:
-            return
-        state.begin()
-        try:
-            for rel, when in retired.items():
-                if when <= deadline:
-                    path = self.o.rrdp_dir / rel
-                    path.unlink(missing_ok=True)
-                    state.forget_retired(rel)
-                    _prune_upwards(path.parent, self.o.rrdp_dir)
-            free.sort(key=lambda s: s.serial)
-            reusable = [s for s in free if s.serial > 0][-1:]
-            for s in free:
-                if s in reusable:
-                    continue
-                doomed = self.revisions / f"{TMP_PREFIX}gc-{s.name}"
-                with contextlib.suppress(FileNotFoundError):
-                    os.rename(self.revisions / s.name, doomed)
-                remove_tree(doomed)
-                state.drop_slot(s.name)
-            live = [s.serial for s in state.slots() if s.serial > 0]
-            if live:
-                state.prune_changes(min(live))
-            state.commit()
-        except BaseException:
-            state.rollback()
-            raise
+        collect_garbage(state, self.o.rrdp_dir, self.revisions, self.now - self.o.cleanup_after)
 
 
 def _same_content(existing: Path, staged: Path, digest: Sha256, *, force: bool = False) -> bool:
@@ -1080,22 +1031,6 @@ def _gzip_file(src: Path, dst: Path, level: int) -> None:
         write_all(fd, comp.flush())
     finally:
         os.close(fd)
-
-
-def _prune_upwards(directory: Path, stop: Path) -> None:
-    while directory != stop and stop in directory.parents:
-        try:
-            os.rmdir(directory)
-        except OSError:
-            return
-        directory = directory.parent
-
-
-def _prune_empty_dirs(root: Path) -> None:
-    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
-        if not dirnames and not filenames and Path(dirpath) != root:
-            with contextlib.suppress(OSError):
-                os.rmdir(dirpath)
 
 
 def sync_once(opts: SyncOptions, progress: Progress = _no_progress) -> SyncResult:
