@@ -600,3 +600,31 @@ def test_outputs_made_visible_late_keep_what_was_served_for_the_grace_period(
     env.clock.now += 3601
     env.run()
     assert not old_snapshot.exists()
+
+
+def test_stale_notification_gz_is_repaired(env: Env, corpus_objects: list[bytes]) -> None:
+    """Recovery compares the .gz sibling too: nginx's gzip_static would serve a stale one."""
+    import gzip
+
+    write_source(env.opts.source_dir, random_files(random.Random(3), corpus_objects, 30))
+    publish(env.opts)
+    note = env.opts.rrdp_dir / "notification.xml"
+    gz = env.opts.rrdp_dir / "notification.xml.gz"
+    gz.write_bytes(gzip.compress(b"<notification/>"))
+    publish(env.opts)
+    assert gzip.decompress(gz.read_bytes()) == note.read_bytes()
+
+
+def test_expired_tree_of_an_old_session_is_collected(env: Env, corpus_objects: list[bytes]) -> None:
+    """A tree of an earlier session is never reused, so once its grace has passed it goes, even
+    when it is the only expired tree."""
+    rng = random.Random(4)
+    write_source(env.opts.source_dir, random_files(rng, corpus_objects, 30))
+    publish(env.opts)
+    old_tree = (env.opts.rsync_dir / "current").resolve()
+    shutil.rmtree(env.opts.state_dir)  # lost state: a new session; the old tree enters grace
+    publish(env.opts)
+    assert old_tree.is_dir()
+    env.clock.now += env.opts.grace + 1
+    publish(env.opts)  # nothing changed: only garbage collection
+    assert not old_tree.exists()

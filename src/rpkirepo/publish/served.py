@@ -9,9 +9,11 @@ slots, the change log) and lay out their outputs alike (``RRDP_DIR/<paths>``,
 from __future__ import annotations
 
 import contextlib
+import gzip
 import logging
 import os
 import time
+import zlib
 from pathlib import Path
 
 from rpkirepo.errors import Reason
@@ -43,10 +45,11 @@ def write_notification(
     """
     if only_if_different:
         try:
-            if path.read_bytes() == data:
+            gz = path.with_name(path.name + ".gz").read_bytes()
+            if path.read_bytes() == data and gzip.decompress(gz) == data:
                 return
-        except OSError:
-            pass
+        except (OSError, EOFError, gzip.BadGzipFile, zlib.error):
+            pass  # missing, unreadable or stale: rewritten below
         log.warning(
             "notification did not match the state; rewritten",
             extra={"reason": Reason.STATE_OUTPUT_MISMATCH},
@@ -110,7 +113,10 @@ def collect_garbage(state: State, rrdp_dir: Path, revisions: Path, deadline: flo
     """
     retired = state.retired()
     free = [s for s in state.slots() if s.retired_at is not None and s.retired_at <= deadline]
-    if not any(when <= deadline for when in retired.values()) and len(free) <= 1:
+    free.sort(key=lambda s: s.serial)
+    reusable = [s for s in free if s.serial > 0][-1:]
+    doomed_slots = [s for s in free if s not in reusable]
+    if not any(when <= deadline for when in retired.values()) and not doomed_slots:
         return  # nothing to collect: no transaction, no fsync
     state.begin()
     try:
@@ -120,11 +126,7 @@ def collect_garbage(state: State, rrdp_dir: Path, revisions: Path, deadline: flo
                 path.unlink(missing_ok=True)
                 state.forget_retired(rel)
                 prune_upwards(path.parent, rrdp_dir)
-        free.sort(key=lambda s: s.serial)
-        reusable = [s for s in free if s.serial > 0][-1:]
-        for s in free:
-            if s in reusable:
-                continue
+        for s in doomed_slots:
             doomed = revisions / f"{TMP_PREFIX}gc-{s.name}"
             with contextlib.suppress(FileNotFoundError):
                 os.rename(revisions / s.name, doomed)
