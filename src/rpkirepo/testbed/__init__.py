@@ -13,6 +13,16 @@ Unlike the rest of rpkirepo this package needs ``cryptography`` (keys and signat
 
 from .advance import Advance, advance
 from .expected import ExpectedAspa, Vrp
-from .generator import Testbed, TestbedOptions, generate
+from .generator import PublicationPoint, Testbed, TestbedOptions, generate, parse_pub_point
 
-__all__ = ["Advance", "ExpectedAspa", "Testbed", "TestbedOptions", "Vrp", "advance", "generate"]
+__all__ = [
+    "Advance",
+    "ExpectedAspa",
+    "PublicationPoint",
+    "Testbed",
+    "TestbedOptions",
+    "Vrp",
+    "advance",
+    "generate",
+    "parse_pub_point",
+]

@@ -2,8 +2,10 @@
 
 Theory of operation.  :func:`advance` loads ``OUT_DIR/testbed-state.json`` and the CA keys
 (:mod:`.state`), picks what changes with a seeded RNG, signs, and rewrites only the files that
-change in ``OUT_DIR/repository/``, then ``expected-vrps.*`` and the state.  ``rpkirepo publish``
-on the same directory then sees one set of changes: one RRDP delta.
+change in ``OUT_DIR/repository/`` (and, for a testbed with several publication points, in
+``OUT_DIR/repositories/HOST[_PORT]/MODULE/``: each CA's files are in its own point's directory,
+its certificate in its parent's), then ``expected-vrps.*`` and the state.  ``rpkirepo publish``
+on each point's directory then sees one set of changes: one RRDP delta.
 
 One step, for a time ``now`` strictly after the previous run (the validity window becomes
 ``now - 1 h`` to ``now + days``, so thisUpdate and nextUpdate move forward):
@@ -34,6 +36,7 @@ without a seed the RNG is seeded from the generation's seed and its number.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -81,7 +84,8 @@ _INHERIT: Final = ResourceSet(inherit_ip=True, inherit_as=True)
 
 @dataclass(frozen=True)
 class Advance:
-    """What one :func:`advance` changed; paths are below ``OUT_DIR/repository/``."""
+    """What one :func:`advance` changed; paths are relative to ``OUT_DIR/repository/`` (those of
+    an extra publication point begin with ``../repositories/``, see :class:`.Testbed`)."""
 
     __test__ = False
 
@@ -150,17 +154,19 @@ class _Step:
             own_as=ca.own_as,
             key=self.keys[name],
             stem=ca.stem,
+            point=ca.point,
         )
 
     def module_rel(self, rel: str) -> str:
-        """A path below the rsync base as a path below the module (``repository/``)."""
-        return self.w.uri(rel)[len(self.w.module) :]
+        """A path ``NAME/FILE`` in CA NAME's publication point as a path relative to
+        ``repository/`` (its point's module directory, :meth:`_Writer.local`)."""
+        return self.w.local(rel)
 
     def current(self, name: str, file: str) -> bytes:
         """A file of ``name``'s point as it will be: new, or as it is on disk."""
         if file in self.fresh[name]:
             return self.fresh[name][file]
-        path = self.repo / self.module_rel(f"{name}/{file}")
+        path = Path(os.path.normpath(self.repo / self.module_rel(f"{name}/{file}")))
         try:
             return path.read_bytes()
         except OSError as exc:
@@ -314,8 +320,10 @@ def advance(
         now=when,
         seed=state.seed,
         aspa_version=state.aspa_version,
+        pub_points=state.pub_points,
     )
     w = _Writer(opts, RsyncUri.parse(state.rsync_base), state.ta_uris, rng)
+    w.point_of = {ca.name: ca.point for ca in state.cas}
     step = _Step(state, keys, w, out_dir / "repository")
 
     below_ta = [ca.name for ca in state.cas if ca.parent is not None]
@@ -389,11 +397,15 @@ def _write(
     """Repository files first, then the new key, then the state (written last: until then a
     rerun starts from the previous state and its keys)."""
     repo = out_dir / "repository"
+
+    def path(rel: str) -> Path:  # an extra publication point's rel begins with ../
+        return Path(os.path.normpath(repo / rel))
+
     for rel, data in sorted(w.objects.items()):
-        atomic_write(repo / rel, data, mode=0o644, mtime=int(w.mtimes[rel].timestamp()))
+        atomic_write(path(rel), data, mode=0o644, mtime=int(w.mtimes[rel].timestamp()))
     for rel in removed:
         try:
-            (repo / rel).unlink()
+            path(rel).unlink()
         except OSError as exc:
             raise StorageError(Reason.STORAGE_IO, f"cannot remove: {exc}", path=rel) from exc
     expires = int(state.expires.timestamp())

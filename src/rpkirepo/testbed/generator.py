@@ -12,7 +12,8 @@ Theory of operation.
    These are the only thing a seed does not fix.
 3. **Sign** each CA's publication point: its child CA certificates, its CRL, its ROAs, one ASPA
    and one Ghostbusters record, then the manifest listing all of them.
-4. **Write** OUT_DIR/repository/ (rsync module layout), OUT_DIR/ta.cer, OUT_DIR/ta.tal and the
+4. **Write** OUT_DIR/repository/ (rsync module layout; extra publication points in
+   OUT_DIR/repositories/HOST[_PORT]/MODULE/), OUT_DIR/ta.cer, OUT_DIR/ta.tal and the
    expected RP output; every file's mtime is its signing-time (RFC 9589) or its thisUpdate /
    notBefore.  OUT_DIR/testbed-state.json and OUT_DIR/keys/ keep what
    :func:`rpkirepo.testbed.advance` needs to continue the testbed (:mod:`.state`).
@@ -24,6 +25,17 @@ processes (:func:`_sign_scaled`), no state for ``advance``.  See docs/testbed.md
 
 Layout below the rsync base (``BASE``): ``BASE/ta/`` is the TA's publication point,
 ``BASE/ca-N/`` that of CA N (a flat namespace; CA N's certificate is in its parent's point).
+
+Several publication points (``TestbedOptions.pub_points``): besides the main rsync base (and its
+RRDP base), each extra point is an rsync base on its own rsync module (another host, or another
+module of the same host) with or without an RRDP base.  CA N lives in point ``(N - 1) mod (1 +
+extra points)``, point 0 being the main one, which also holds the TA's.  A CA's certificate
+carries the SIA of its own point (caRepository, rpkiManifest, rpkiNotify when that point has
+RRDP) but is published in its parent's point, as in the real RPKI.  The main module's content is
+``OUT_DIR/repository/``; that of an extra point ``OUT_DIR/repositories/HOST[_PORT]/MODULE/``
+(:func:`point_directory`).  Paths "below the repository" (:attr:`Testbed.files`,
+:class:`rpkirepo.testbed.Advance`) are relative to ``OUT_DIR/repository/``, so those of an extra
+point begin with ``../repositories/``.
 """
 
 from __future__ import annotations
@@ -57,7 +69,14 @@ from .roa import RoaPrefix, encode_roa
 from .state import AspaState, CaState, RoaState, TestbedState, save_key, save_state
 from .tal import encode_tal
 
-__all__ = ["Testbed", "TestbedOptions", "generate"]
+__all__ = [
+    "PublicationPoint",
+    "Testbed",
+    "TestbedOptions",
+    "generate",
+    "parse_pub_point",
+    "point_directory",
+]
 
 #: The TA's resources: RFC 1918 / RFC 3849 space and the RFC 6996 32-bit private ASNs.
 TA_IPV4: Final = IPv4Network("10.0.0.0/8")
@@ -86,6 +105,10 @@ class TestbedOptions:
     days: float = 7.0
     now: datetime | None = None
     aspa_version: int = 0
+    #: Extra publication points, each (rsync base, RRDP base or None), beside ``rsync_base`` /
+    #: ``rrdp_base``: each needs an rsync module (host, port, module) of its own.  CAs are spread
+    #: over all points round-robin by number (see the module docstring).
+    pub_points: tuple[tuple[str, str | None], ...] = ()
     #: Scale mode (benchmarks only): about this many objects, keys from a small pool; see
     #: :func:`scale_options`.  Overrides ``cas``, ``roas_per_ca`` and ``depth``.
     scale: int | None = None
@@ -110,6 +133,8 @@ class _Ca:
     own6: IPv6Network = TA_IPV6
     own_as: AsRange = TA_ASNS
     key: KeyPair | None = None
+    #: The publication point it lives in: 0 the main one, i the i-th of ``pub_points``.
+    point: int = 0
     #: The name of its manifest and CRL (``stem.mft``, ``stem.crl``): its name, until a key
     #: roll (``testbed advance``) gives the new key's objects new names, as CAs that name them
     #: after the key do.
@@ -126,6 +151,44 @@ class _Ca:
         return self.key
 
 
+#: Where the extra publication points' module contents go, below OUT_DIR.
+POINTS_DIR: Final = "repositories"
+
+
+def point_directory(rsync_base: str) -> str:
+    """The directory, relative to OUT_DIR, of an extra publication point's rsync module
+    content: ``repositories/HOST[_PORT]/MODULE`` (host lower-cased; it is a DNS name or an IPv4
+    address, :class:`rpkirepo.uri.RsyncUri`)."""
+    uri = RsyncUri.parse(rsync_base)
+    host = uri.host if uri.port is None else f"{uri.host}_{uri.port}"
+    return f"{POINTS_DIR}/{host}/{uri.module}"
+
+
+def parse_pub_point(text: str) -> tuple[str, str | None]:
+    """``RSYNC_BASE[,RRDP_BASE]`` (the ``--pub-point`` argument) as (rsync base, RRDP base or
+    None); the URIs themselves are checked by :func:`generate`."""
+    rsync, comma, rrdp = text.partition(",")
+    if not rsync or (comma and not rrdp) or "," in rrdp:
+        raise _usage(f"--pub-point takes RSYNC_BASE or RSYNC_BASE,RRDP_BASE, not {text!r}")
+    return rsync, rrdp if comma else None
+
+
+@dataclass(frozen=True)
+class PublicationPoint:
+    """One publication point of a testbed and where its files are."""
+
+    rsync_base: str
+    rrdp_base: str | None
+    #: ``rsync://HOST[:PORT]/MODULE/``: what ``rpkirepo publish --rsync-base`` takes for it.
+    module_uri: str
+    #: The module's content (OUT_DIR/repository for the main point): publish's source.
+    directory: Path
+    #: The CAs whose publication point this is (the TA's is the main one).
+    cas: tuple[str, ...]
+    #: Path below :attr:`directory` -> kind, as :attr:`Testbed.files`.
+    files: dict[str, str]
+
+
 @dataclass(frozen=True)
 class Testbed:
     """What :func:`generate` wrote and what a relying party must conclude from it."""
@@ -133,14 +196,18 @@ class Testbed:
     __test__ = False
 
     out_dir: Path
-    repository: Path  # the rsync module's content
+    repository: Path  # the main rsync module's content
     ta_certificate: Path
     tal: Path
     vrps: frozenset[Vrp]
     aspas: frozenset[ExpectedAspa]
-    files: dict[str, str]  # path below the repository -> kind (cer, crl, mft, roa, asa, gbr)
+    #: Path below the repository -> kind (cer, crl, mft, roa, asa, gbr), every point's files:
+    #: an extra point's paths begin with ``../repositories/``.
+    files: dict[str, str]
     not_before: datetime
     not_after: datetime
+    #: Every publication point, the main one first.
+    points: tuple[PublicationPoint, ...] = ()
 
 
 def _usage(detail: str) -> ConfigError:
@@ -157,6 +224,7 @@ def _check(opts: TestbedOptions) -> tuple[RsyncUri, HttpsUri | None]:
         raise _usage(f"bad URI: {exc}") from exc
     if not base.is_directory or (rrdp is not None and not rrdp.is_directory):
         raise _usage("--rsync-base and --rrdp-base must end with a slash")
+    _check_points(opts, base, rrdp)
     if not 1 <= opts.depth <= opts.cas:
         raise _usage("need 1 <= --depth <= --cas (every level holds at least one CA)")
     if not 1 <= opts.roas_per_ca <= 256:
@@ -167,10 +235,42 @@ def _check(opts: TestbedOptions) -> tuple[RsyncUri, HttpsUri | None]:
         raise _usage("--days must be in (0, 3650]")
     if opts.aspa_version not in ASPA_VERSIONS:
         raise _usage(f"--aspa-version must be one of {ASPA_VERSIONS}")
-    repo = opts.out_dir / "repository"
-    if repo.exists() and any(repo.iterdir()):
-        raise _usage(f"{repo} exists and is not empty")
+    for repo in [opts.out_dir / "repository"] + [
+        opts.out_dir / point_directory(rsync) for rsync, _ in opts.pub_points
+    ]:
+        if repo.exists() and any(repo.iterdir()):
+            raise _usage(f"{repo} exists and is not empty")
     return base, rrdp
+
+
+def _check_points(opts: TestbedOptions, base: RsyncUri, rrdp: HttpsUri | None) -> None:
+    """Extra publication points: valid directory URIs, an rsync module and an RRDP base of
+    their own each, and at least one CA for each (the CAs are spread round-robin)."""
+    modules = {base.module_uri.uri}
+    notifies = set() if rrdp is None else {rrdp.uri}
+    for rsync_text, rrdp_text in opts.pub_points:
+        try:
+            point = RsyncUri.parse(rsync_text)
+            point_rrdp = None if rrdp_text is None else HttpsUri.parse(rrdp_text)
+        except RpkiRepoError as exc:
+            raise _usage(f"bad --pub-point URI: {exc}") from exc
+        if not point.is_directory or (point_rrdp is not None and not point_rrdp.is_directory):
+            raise _usage(f"--pub-point URIs must end with a slash: {rsync_text}")
+        if point.module_uri.uri in modules:
+            raise _usage(
+                f"--pub-point {rsync_text}: every publication point needs an rsync module "
+                f"(host, port, module) of its own; {point.module_uri.uri} is taken"
+            )
+        modules.add(point.module_uri.uri)
+        if point_rrdp is not None:
+            if point_rrdp.uri in notifies:
+                raise _usage(f"--pub-point {rsync_text}: RRDP base {point_rrdp.uri} is taken")
+            notifies.add(point_rrdp.uri)
+    if opts.pub_points and len(opts.pub_points) >= opts.cas:
+        raise _usage(
+            f"{len(opts.pub_points)} --pub-point need at least {len(opts.pub_points) + 1} CAs "
+            "(every publication point holds one)"
+        )
 
 
 def _hexname(rng: random.Random) -> str:
@@ -251,6 +351,16 @@ def _plan_roas(ca: _Ca, count: int, rng: random.Random) -> list[_RoaPlan]:
     return out
 
 
+@dataclass(frozen=True)
+class _Point:
+    """A publication point as the writer sees it."""
+
+    base: str  # rsync base URI
+    module: str  # its module's URI
+    notify: str | None  # the RRDP notification URI
+    directory: str  # the module's content, relative to OUT_DIR/repository/ ("" or "../...")
+
+
 class _Writer:
     """Signs objects for one run: shared URIs, times and the seeded RNG."""
 
@@ -264,10 +374,18 @@ class _Writer:
         rsync_ta = [u for u in ta_uris if u.startswith("rsync://")]
         self.ta_uri = rsync_ta[0] if rsync_ta else base.uri + TA_CERT_REL
         self.notify = None if opts.rrdp_base is None else opts.rrdp_base + "notification.xml"
+        self.points = [_Point(base.uri, self.module, self.notify, "")]
+        for rsync, rrdp in opts.pub_points:
+            uri = RsyncUri.parse(rsync)
+            notify = None if rrdp is None else rrdp + "notification.xml"
+            local = f"../{point_directory(rsync)}/"
+            self.points.append(_Point(uri.uri, uri.module_uri.uri, notify, local))
+        #: CA name -> index in :attr:`points` of its publication point (absent: the main one).
+        self.point_of: dict[str, int] = {}
         self.signing_time = now
         self.not_before = now - timedelta(hours=1)
         self.not_after = now + timedelta(days=opts.days)
-        self.objects: dict[str, bytes] = {}  # path below the rsync module -> DER
+        self.objects: dict[str, bytes] = {}  # path below the repository -> DER
         self.mtimes: dict[str, datetime] = {}
         self.ee_serials: dict[str, int] = {}  # path below the rsync base -> its EE's serial
         #: A fresh key per EE certificate; scale mode takes them from a pool (:class:`_KeyPool`).
@@ -278,8 +396,17 @@ class _Writer:
     def pub_point(self, ca: _Ca) -> str:
         return f"{ca.name}/"
 
+    def point(self, rel: str) -> _Point:
+        """The publication point of ``rel``, a path ``NAME/...`` in CA NAME's point."""
+        return self.points[self.point_of.get(rel.split("/", 1)[0], 0)]
+
     def uri(self, rel: str) -> str:
-        return self.base + rel
+        return self.point(rel).base + rel
+
+    def local(self, rel: str) -> str:
+        """Where ``rel`` (``NAME/FILE``) is on disk, relative to OUT_DIR/repository/."""
+        point = self.point(rel)
+        return point.directory + (point.base + rel)[len(point.module) :]
 
     def resources(self, ca: _Ca) -> ResourceSet:
         return ResourceSet(ipv4=(ca.ipv4,), ipv6=(ca.ipv6,), asns=(ca.asns,))
@@ -296,7 +423,7 @@ class _Writer:
             resources=resources,
             ca_repository=self.uri(point),
             rpki_manifest=self.uri(f"{point}{ca.file_stem}.mft"),
-            rpki_notify=self.notify,
+            rpki_notify=self.points[ca.point].notify,
             ca_issuers=None if ca.parent is None else self.aia_of(ca.parent),
             crl_uri=None if ca.parent is None else self.uri(self.crl_path(ca.parent)),
         )
@@ -343,10 +470,16 @@ class _Writer:
         self.put_uri(self.uri(rel), data, mtime)
 
     def put_uri(self, uri: str, data: bytes, mtime: datetime) -> None:
-        if not uri.startswith(self.module):
-            raise ValueError(f"{uri} is outside the module {self.module}")
-        self.objects[uri[len(self.module) :]] = data
-        self.mtimes[uri[len(self.module) :]] = mtime
+        for point in self.points:
+            if uri.startswith(point.module):
+                local = point.directory + uri[len(point.module) :]
+                self.objects[local] = data
+                self.mtimes[local] = mtime
+                return
+        raise ValueError(f"{uri} is outside the modules of the publication points")
+
+    def in_modules(self, uri: str) -> bool:
+        return any(uri.startswith(point.module) for point in self.points)
 
 
 #: The TA certificate's path below the rsync base, when a TA URI points there.
@@ -360,6 +493,8 @@ def generate(opts: TestbedOptions) -> Testbed:
     rng = random.Random(opts.seed)
     cas = _plan_tree(opts, rng)
     ta = cas[0]
+    for number, ca in enumerate(cas[1:]):  # ca-1, ca-2, ...: round-robin over the points
+        ca.point = number % (1 + len(opts.pub_points))
     roa_plans = {ca.name: _plan_roas(ca, opts.roas_per_ca, rng) for ca in cas[1:]}
     all_customers = [ca.own_as.first for ca in cas[1:]]
     aspa_plans: dict[str, tuple[int, tuple[int, ...]]] = {}
@@ -377,6 +512,7 @@ def generate(opts: TestbedOptions) -> Testbed:
 
     ta_uris = opts.ta_uris or (base.uri + TA_CERT_REL,)
     w = _Writer(opts, base, ta_uris, rng)
+    w.point_of = {ca.name: ca.point for ca in cas}
     if key_pool is not None:
         w.new_ee_key = key_pool.ee_key
         w.sign_object = cms.sign_object_der
@@ -498,6 +634,7 @@ def _initial_state(
                 next_roa=len(roas) + 1,
                 aspa=aspa,
                 gbr=None if ca.parent is None else f"{ca.name}.gbr",
+                point=ca.point,
             )
         )
     return TestbedState(
@@ -511,6 +648,7 @@ def _initial_state(
         signing_time=w.signing_time,
         expires=w.not_after,
         cas=tuple(out),
+        pub_points=opts.pub_points,
     )
 
 
@@ -528,8 +666,8 @@ def _write(
 ) -> Testbed:
     out = opts.out_dir
     repo = out / "repository"
-    for uri in ta_uris:  # a TA URI inside the module: the certificate is published there
-        if uri.startswith(w.module):
+    for uri in ta_uris:  # a TA URI inside a module: the certificate is published there
+        if w.in_modules(uri):
             w.put_uri(uri, ta_der, w.not_before)
     _flush(w, repo, files)
     try:
@@ -557,7 +695,29 @@ def _write(
         files=files,
         not_before=w.not_before,
         not_after=w.not_after,
+        points=_points(opts, w, cas, files),
     )
+
+
+def _points(
+    opts: TestbedOptions, w: _Writer, cas: list[_Ca], files: dict[str, str]
+) -> tuple[PublicationPoint, ...]:
+    out = []
+    bases = [(opts.rsync_base, opts.rrdp_base), *opts.pub_points]
+    for i, (point, (rsync, rrdp)) in enumerate(zip(w.points, bases, strict=True)):
+        if i == 0:  # paths below the main module never begin with "../"
+            directory = opts.out_dir / "repository"
+            mine = {rel: kind for rel, kind in files.items() if not rel.startswith("../")}
+        else:
+            directory = opts.out_dir / point_directory(rsync)
+            mine = {
+                rel[len(point.directory) :]: kind
+                for rel, kind in files.items()
+                if rel.startswith(point.directory)
+            }
+        cas_here = tuple(ca.name for ca in cas if ca.point == i)
+        out.append(PublicationPoint(rsync, rrdp, point.module, directory, cas_here, mine))
+    return tuple(out)
 
 
 def _flush(w: _Writer, repo: Path, files: dict[str, str]) -> None:
@@ -565,7 +725,7 @@ def _flush(w: _Writer, repo: Path, files: dict[str, str]) -> None:
     their kinds in ``files`` and forget them."""
     try:
         for rel, data in sorted(w.objects.items()):
-            path = repo / rel
+            path = Path(os.path.normpath(repo / rel))  # an extra point's rel begins with ../
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
             stamp = w.mtimes[rel].timestamp()

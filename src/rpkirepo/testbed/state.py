@@ -13,7 +13,9 @@ Both files are written atomically (:func:`rpkirepo.fsutil.atomic_write`).
 
 The JSON document is ``{"format": "rpkirepo-testbed-state", "version": 1, ...}``; anything else
 is refused with ``state-incompatible``, a missing file with ``state-missing`` and an unreadable or
-inconsistent one with ``state-corrupt``.
+inconsistent one with ``state-corrupt``.  The extra publication points (``pub_points``, a list
+of ``[rsync base, RRDP base or null]``) and each CA's ``point`` (0: the main one, i: the i-th
+extra one) came later: a state without them has one publication point.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from typing import Any, Final
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from rpkirepo.errors import Reason, StorageError
+from rpkirepo.errors import Reason, RpkiRepoError, StorageError
 from rpkirepo.fsutil import atomic_write
+from rpkirepo.uri import HttpsUri, RsyncUri
 
 from .keys import KeyPair
 from .resources import AsRange
@@ -113,6 +116,7 @@ class CaState:
     next_roa: int  # the J of the next roa-J-AS<asn>.roa (names are never reused)
     aspa: AspaState | None
     gbr: str | None
+    point: int = 0  # its publication point: 0 the main one, i the i-th of ``pub_points``
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +133,8 @@ class TestbedState:
     signing_time: datetime  # of the last run; the next one must be later
     expires: datetime  # the TA certificate's notAfter: the earliest end along every chain
     cas: tuple[CaState, ...]  # the TA first, parents before children
+    #: The extra publication points: (rsync base, RRDP base or None) each.
+    pub_points: tuple[tuple[str, str | None], ...] = ()
 
     def ca(self, name: str) -> CaState:
         for ca in self.cas:
@@ -193,6 +199,7 @@ def _ca_doc(ca: CaState) -> dict[str, Any]:
             "providers": list(ca.aspa.providers),
         },
         "gbr": ca.gbr,
+        "point": ca.point,
     }
 
 
@@ -282,7 +289,21 @@ def _ca_from(doc: dict[str, Any]) -> CaState:
             tuple(_int(p) for p in aspa["providers"]),
         ),
         gbr=_opt_segment(doc["gbr"]),
+        point=_int(doc.get("point", 0)),
     )
+
+
+def _pub_point(value: Any) -> tuple[str, str | None]:
+    rsync, rrdp = value
+    point = (_str(rsync), _opt_str(rrdp))
+    try:
+        if not RsyncUri.parse(point[0]).is_directory:
+            raise ValueError(f"not a directory URI: {point[0]}")
+        if point[1] is not None and not HttpsUri.parse(point[1]).is_directory:
+            raise ValueError(f"not a directory URI: {point[1]}")
+    except RpkiRepoError as exc:
+        raise ValueError(f"publication point: {exc}") from exc
+    return point
 
 
 def save_state(out_dir: Path, state: TestbedState) -> Path:
@@ -299,6 +320,7 @@ def save_state(out_dir: Path, state: TestbedState) -> Path:
         "signing_time": _time(state.signing_time),
         "expires": _time(state.expires),
         "cas": [_ca_doc(ca) for ca in state.cas],
+        "pub_points": [list(point) for point in state.pub_points],
     }
     path = out_dir / STATE_FILE
     atomic_write(path, (json.dumps(doc, indent=1) + "\n").encode(), mode=0o644)
@@ -340,6 +362,7 @@ def load_state(out_dir: Path) -> TestbedState:
             signing_time=_parse_time(doc["signing_time"]),
             expires=_parse_time(doc["expires"]),
             cas=tuple(_ca_from(c) for c in doc["cas"]),
+            pub_points=tuple(_pub_point(p) for p in doc.get("pub_points", ())),
         )
     except StorageError:
         raise
@@ -351,6 +374,8 @@ def load_state(out_dir: Path) -> TestbedState:
     for ca in state.cas:
         if (ca.parent is not None and ca.parent not in names) or not set(ca.children) <= names:
             raise _corrupt(path, f"CA {ca.name}")
+        if not 0 <= ca.point <= len(state.pub_points) or (ca.parent is None and ca.point):
+            raise _corrupt(path, f"publication point of CA {ca.name}")
     return state
 
 
