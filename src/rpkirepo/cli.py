@@ -269,12 +269,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true", help="print docs/limits.md")
     p.set_defaults(func=cmd_limits)
 
+    from rpkirepo.rsync import command as rsync_command
     from rpkirepo.serve import command as serve_command
 
-    p = sub.add_parser("serve", help="serve an RRDP directory over HTTP/1.1 and TLS")
+    p = sub.add_parser(
+        "serve", help="serve RRDP over HTTP(S) and/or rsync (a read-only daemon) from memory"
+    )
     _common(p)
     serve_command.add_arguments(p)
-    p.set_defaults(func=serve_command.run)
+    group = p.add_argument_group(
+        "rsync daemon",
+        "read-only, sender-only rsync from memory: each module serves DIR/current "
+        "(e.g. --rsync-listen 0.0.0.0:873 --module repo=/var/lib/rpkirepo/rsync)",
+    )
+    rsync_command.add_arguments(group)  # type: ignore[arg-type]
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
         "testbed",
@@ -351,6 +360,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_testbed)
     return parser
+
+
+def cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    """HTTP (--listen), rsync (--rsync-listen), or both: then the rsync daemon runs in a child
+    process beside the HTTP server, and stops with it."""
+    import os
+    import signal
+
+    from rpkirepo.rsync import command as rsync_command
+    from rpkirepo.serve import command as serve_command
+
+    table = config.table("serve")
+    http = bool(args.listen or table.get("listen"))
+    rsync = bool(args.rsync_listen or table.get("rsync_listen"))
+    if not rsync:
+        return serve_command.run(args, config)
+    if not http:
+        return rsync_command.run(args, config)
+    pid = os.fork()
+    if pid == 0:  # the rsync daemon
+        code = 1
+        try:
+            code = rsync_command.run(args, config)
+        except RpkiRepoError as exc:
+            print(f"rpkirepo: rsync daemon: error {exc}", file=sys.stderr)
+        finally:
+            os._exit(code)
+    try:
+        return serve_command.run(args, config)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
 
 
 def _pick(

@@ -143,6 +143,12 @@ class Limits:
     rsync_max_filter_rules: int = _limit(256, "Most filter rules an rsync client may send.")
     rsync_max_filter_rule_length: int = _limit(1024, "Longest single rsync filter rule, in bytes.")
     rsync_max_filter_bytes: int = _limit(65536, "Most bytes of rsync filter rules in total.")
+    rsync_max_filter_work: int = _limit(
+        20_000_000,
+        "Most pattern-matching work (1 per simple rule test, tokens x characters per wildcard "
+        "automaton run) building one rsync file list may take: bounds the CPU a client's "
+        "filter rules can cost (~3 s at worst; the RPs' rules are simple ones: ~1 per file).",
+    )
     rsync_max_data_frame: int = _limit(
         256 * 1024, "Largest multiplexed MSG_DATA frame accepted from an rsync client."
     )

@@ -37,6 +37,11 @@ examples:
   # plain HTTP on loopback behind nginx or a CDN (docs/serving.md)
   rpkirepo serve --rrdp-dir /var/lib/rpkirepo/rrdp --listen 127.0.0.1:8080
 
+  # RRDP over TLS and the rsync tree of `rpkirepo publish` as module "repo", one command
+  rpkirepo serve --rrdp-dir /var/lib/rpkirepo/rrdp --listen 0.0.0.0:443 \\
+      --tls-cert /etc/rpkirepo/cert.pem --tls-key /etc/rpkirepo/key.pem \\
+      --rsync-listen 0.0.0.0:873 --module repo=/var/lib/rpkirepo/rsync
+
   # everything from the [serve] table of the configuration file
   rpkirepo --config /etc/rpkirepo.toml serve
 
@@ -60,6 +65,9 @@ SERVE_KEYS: Final = frozenset(
         "access_log_format",
         "poll_interval",
         "event_loop",
+        # The rsync daemon's (rpkirepo.rsync.command): it may run from the same table.
+        "rsync_listen",
+        "modules",
     }
 )
 

@@ -1,0 +1,830 @@
+"""One rsync daemon session (sender only), sans-I/O: bytes in, events and bytes out.
+
+Theory of operation.  The I/O layer creates a :class:`Session` per connection, sends whatever
+:meth:`Session.data_to_send` returns, feeds every byte it reads to :meth:`Session.receive_data`
+(``b""`` at end of file), and reads :meth:`Session.next_event` for logs and metrics.  The session
+walks the daemon protocol (rsync-wire §3; rsync clientserver.c ``start_daemon``/``rsync_module``,
+main.c ``start_server``/``do_server_sender``, sender.c ``send_files``, io.c framing):
+
+1. greeting ``@RSYNCD: 31.0`` (sent at once) / the client's greeting -> negotiated protocol;
+2. module line -> ``@RSYNCD: OK``, or a module listing, or ``@ERROR``;
+3. server arguments (NUL-separated at >= 30, newline-separated at 27), against an allow-list;
+4. compat flags (>= 30) and checksum seed; from here every byte we send is multiplexed, and at
+   >= 30 every byte we receive is too;
+5. the client's filter rules, then the file list (encoded once per revision and option set);
+6. requests: index (+ item flags at >= 30) + sum head + block sums, which are read and
+   discarded; the answer is the whole file as literal data (or its cached deflated form with
+   ``-z``) and the whole-file checksum.  No block matching, ever;
+7. end phases, statistics, goodbye.
+
+Input is parsed from a commit/rollback buffer, so any split of the byte stream gives the same
+result; every length the client sends is capped by a named :class:`~rpkirepo.limits.Limits`
+field before anything is allocated.  Block sums are skipped as they arrive, never buffered.  While
+a file is being sent, no further request is parsed: output is produced lazily, one frame at a
+time, as the I/O layer asks for it, so a client that does not read costs no memory.
+
+Errors: anything the client gets wrong raises :class:`RemoteProtocolError` or
+:class:`LimitExceeded` out of :meth:`receive_data` (or :meth:`data_to_send`), after queueing the
+message the client should print (``@ERROR: ...`` before the module is accepted, a multiplexed
+``rsync: ...`` error after).  The session is then FAILED: send what is queued and close.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from struct import Struct
+from typing import Final
+
+from rpkirepo.errors import (
+    LimitExceeded,
+    LocalProtocolError,
+    Reason,
+    RemoteProtocolError,
+    RpkiRepoError,
+)
+from rpkirepo.limits import DEFAULT_LIMITS, Limits
+from rpkirepo.rsync._args import ServerArgs, parse_server_args
+from rpkirepo.rsync._filters import FilterSet
+from rpkirepo.rsync._model import (
+    FileList,
+    FlistOptions,
+    ListedEntry,
+    Revision,
+    check_scope,
+    literal_tokens,
+)
+from rpkirepo.rsync._state import State, transition
+from rpkirepo.rsync._wire import (
+    NDX_DEL_STATS,
+    NDX_DONE,
+    Buffer,
+    Msg,
+    NdxReader,
+    NdxWriter,
+    NeedData,
+    frame,
+    frame_header,
+    int32,
+    longint,
+    read_varint,
+    read_vstring,
+    varint,
+    varlong,
+)
+
+__all__ = [
+    "SERVER_PROTOCOL",
+    "ClientMessage",
+    "Event",
+    "FileSent",
+    "ModuleListed",
+    "Session",
+    "SessionEnded",
+    "TransferStarted",
+]
+
+SERVER_PROTOCOL: Final = 31
+MIN_PROTOCOL: Final = 27
+SUPPORTED: Final = frozenset({27, 30, 31})
+MAX_DATA_FRAME_OUT: Final = 32768
+MAX_XNAME: Final = 1023
+MAX_INPUT_BACKLOG: Final = 1 << 20
+_I32X4: Final = Struct("<4i")
+#: Requests are answered until this much output waits to be sent, then parsing pauses.
+OUTPUT_HIGH_WATER: Final = 256 * 1024
+#: Files up to this size are answered from the revision's cached response body at once;
+#: larger ones are produced frame by frame as the output drains.
+CACHED_BODY_MAX: Final = 256 * 1024
+
+# rsync.h ITEM_* bits used by the sender.
+ITEM_BASIS_TYPE_FOLLOWS: Final = 1 << 11
+ITEM_XNAME_FOLLOWS: Final = 1 << 12
+ITEM_TRANSFER: Final = 1 << 15
+# compat.c CF_* bits we may set (never INC_RECURSE, VARINT_FLIST_FLAGS or ID0_NAMES).
+CF_SAFE_FLIST: Final = 0x08
+CF_CHKSUM_SEED_FIX: Final = 0x20
+
+_GREETING_RE: Final = re.compile(rb"@RSYNCD: (\d{1,4})(?:\.(\d{1,4}))?(?: [ -~]*)?")
+_MODULE_RE: Final = re.compile(rb"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
+
+
+# --- events -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleListed:
+    """The client asked for the module list and got it."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransferStarted:
+    """The file list went out."""
+
+    module: str
+    revision: str
+    protocol: int
+    files: int
+    path: str
+    compress: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FileSent:
+    name: str
+    size: int
+    wire_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClientMessage:
+    """A message the client multiplexed to us (INFO, WARNING, ERROR ...)."""
+
+    tag: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnded:
+    """The session is over; ``reason`` is ``None`` for a clean end."""
+
+    reason: Reason | None
+    detail: str = ""
+
+
+Event = ModuleListed | TransferStarted | FileSent | ClientMessage | SessionEnded
+
+Catalog = Mapping[str, Callable[[], Revision | None]]
+"""Module name -> a function returning the module's current revision (``None``: not loaded)."""
+
+
+@dataclass(slots=True)
+class _Request:
+    ndx: int
+    iflags: int
+    basis: int | None
+    xname: bytes | None
+    head: tuple[int, int, int, int] | None
+    skip: int
+
+
+def _negotiate(client: int, sub: int) -> int:
+    negotiated = min(SERVER_PROTOCOL, client)
+    if negotiated == client and sub != 0:
+        negotiated = client - 1
+    return negotiated
+
+
+class Session:
+    """See the module docstring.  ``seed`` overrides the revision's checksum seed (tests)."""
+
+    def __init__(self, catalog: Catalog, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.catalog = catalog
+        self.limits = limits
+        self.state = State.GREETING
+        self.protocol = 0
+        self.module = ""
+        self.args: ServerArgs | None = None
+        self.revision: Revision | None = None
+        self.flist: FileList | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.files_sent = 0
+        self._raw = Buffer()
+        self._data = self._raw
+        self._muxed_in = False
+        self._muxed_out = False
+        self._eof = False
+        self._out: deque[bytes] = deque()
+        self._generated = 0
+        self._out_bytes = 0
+        self._paused = False
+        self._premux_consumed = 0
+        self._data_out = bytearray()
+        self._producer: Iterator[bytes | memoryview] | None = None
+        self._events: deque[Event] = deque()
+        self._raw_args: list[bytes] = []
+        self._args_bytes = 0
+        self._rules: list[bytes] = []
+        self._rules_bytes = 0
+        self._seed = 0
+        self._ndx_in = NdxReader()
+        self._ndx_out = NdxWriter()
+        self._ndx_mark = (self._ndx_in.prev_pos, self._ndx_in.prev_neg)
+        self._phase = 0
+        self._request: _Request | None = None
+        self._requests: dict[int, int] = {}
+        self._sum_bytes = 0
+        self._del_stats = 0
+        self._ended = False
+        self._send_raw(f"@RSYNCD: {SERVER_PROTOCOL}.0\n".encode())
+
+    # --- public API ---------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        """The session is over and everything queued has been handed out."""
+        return (
+            self.state in (State.DONE, State.FAILED)
+            and not self._out
+            and not self._data_out
+            and self._producer is None
+        )
+
+    @property
+    def wants_input(self) -> bool:
+        """Whether the I/O layer should read more (false while a backlog waits for output)."""
+        if self.state in (State.DONE, State.FAILED) or self._eof:
+            return False
+        return (
+            self._raw.available() + (self._data.available() if self._data is not self._raw else 0)
+            < MAX_INPUT_BACKLOG
+        )
+
+    @property
+    def handshake_done(self) -> bool:
+        return self.state in (State.TRANSFER, State.GOODBYE, State.GOODBYE2, State.DONE)
+
+    @property
+    def idle_timeout(self) -> int:
+        """The client's ``--timeout`` capped by ours (0 from the client means ours)."""
+        cap = self.limits.rsync_idle_timeout
+        asked = self.args.timeout if self.args is not None else 0
+        return min(asked, cap) if asked > 0 else cap
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes read from the client (``b""``: end of file)."""
+        if self.state in (State.DONE, State.FAILED):
+            return
+        if data:
+            self.bytes_in += len(data)
+            self._raw.feed(data)
+        else:
+            self._eof = True
+        self._guard(self._advance)
+
+    def data_to_send(self, max_bytes: int = 256 * 1024) -> bytes:
+        """Up to about ``max_bytes`` of output, produced lazily; ``b""`` when nothing is due."""
+        out = bytearray()
+        while len(out) < max_bytes:
+            if self._out:
+                item = self._out.popleft()
+                self._out_bytes -= len(item)
+                out += item
+                continue
+            if self._producer is not None:
+                chunk = next(self._producer, None)
+                if chunk is None:
+                    self._producer = None
+                    self._guard(self._advance)
+                else:
+                    self._send_data(chunk)
+                continue
+            if self._data_out:
+                self._flush_data()
+                continue
+            if self._paused:
+                # Output went out: parse the requests that were waiting for room.
+                self._paused = False
+                self._guard(self._advance)
+                if self._out or self._data_out or self._producer is not None:
+                    continue
+            break
+        self.bytes_out += len(out)
+        return bytes(out)
+
+    def abort(self, reason: Reason, detail: str) -> None:
+        """End the session from outside (a deadline): queue an error for the client."""
+        if self.state in (State.DONE, State.FAILED):
+            return
+        self._fail(RemoteProtocolError(reason, detail))
+
+    # --- output helpers -----------------------------------------------------------------
+
+    def _send_raw(self, data: bytes) -> None:
+        self._generated += len(data)
+        self._queue(data)
+
+    def _queue(self, data: bytes) -> None:
+        self._out_bytes += len(data)
+        self._out.append(data)
+
+    def _send_data(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._muxed_out:
+            self._send_raw(bytes(data))
+            return
+        self._generated += len(data)
+        self._data_out += data
+        while len(self._data_out) >= MAX_DATA_FRAME_OUT:
+            self._queue(frame(Msg.DATA, self._data_out[:MAX_DATA_FRAME_OUT]))
+            del self._data_out[:MAX_DATA_FRAME_OUT]
+
+    def _flush_data(self) -> None:
+        if self._data_out:
+            self._queue(frame(Msg.DATA, self._data_out))
+            self._data_out.clear()
+
+    def _send_message(self, tag: Msg, text: str) -> None:
+        if self.protocol < 30 and tag in (Msg.ERROR, Msg.WARNING):
+            tag = Msg.ERROR_XFER if tag == Msg.ERROR else Msg.INFO
+        self._flush_data()
+        self._queue(frame(tag, text.encode("utf-8", "replace")[:4000]))
+
+    def _send_ndx(self, ndx: int) -> None:
+        self._send_data(int32(ndx) if self.protocol < 30 else self._ndx_out.encode(ndx))
+
+    # --- error handling -----------------------------------------------------------------
+
+    def _guard(self, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except RpkiRepoError as exc:
+            if isinstance(exc, LocalProtocolError):
+                raise
+            if self.state not in (State.DONE, State.FAILED):
+                self._fail(exc)
+            raise
+
+    def _fail(self, exc: RpkiRepoError) -> None:
+        text = exc.detail or exc.reason.value
+        if self.state in (State.GREETING, State.MODULE):
+            self._send_raw(f"@ERROR: {text}\n".encode("utf-8", "replace"))
+        elif self.state is State.ARGS:
+            if self.protocol >= 30:
+                self._send_raw(varint(0))
+            self._send_raw(int32(0))
+            self._muxed_out = True
+            self._send_message(Msg.ERROR, f"rsync: {text}\n")
+        else:
+            self._send_message(Msg.ERROR, f"rsync: {text}\n")
+        self._producer = None
+        self.state = transition(self.state, "fail")
+        self._end(exc.reason, str(exc))
+
+    def _end(self, reason: Reason | None, detail: str = "") -> None:
+        if not self._ended:
+            self._ended = True
+            self._events.append(SessionEnded(reason, detail))
+
+    # --- the machine --------------------------------------------------------------------
+
+    def _advance(self) -> None:
+        while (
+            self._producer is None
+            and not self._paused
+            and self.state not in (State.DONE, State.FAILED)
+        ):
+            try:
+                if self.state is State.GREETING:
+                    self._read_greeting()
+                elif self.state is State.MODULE:
+                    self._read_module()
+                elif self.state is State.ARGS:
+                    self._read_args()
+                else:
+                    if self._muxed_in:
+                        self._demux()
+                    if self.state is State.FILTERS:
+                        self._read_filters()
+                    elif self.state is State.TRANSFER:
+                        self._read_request()
+                    else:
+                        self._read_goodbye()
+            except NeedData:
+                self._raw.rollback()
+                if self._data is not self._raw:
+                    self._data.rollback()
+                self._ndx_in.prev_pos, self._ndx_in.prev_neg = self._ndx_mark
+                if self._eof:
+                    raise RemoteProtocolError(
+                        Reason.RSYNC_EOF, "connection closed mid-session", state=self.state.value
+                    ) from None
+                return
+
+    def _line(self, limit: int, what: str) -> bytes:
+        i = self._raw.find(b"\n", limit)
+        if i < 0:
+            if self._raw.available() > limit:
+                raise LimitExceeded(
+                    Reason.RSYNC_GREETING, f"{what} too long", limit="rsync_max_greeting"
+                )
+            raise NeedData
+        line = self._raw.take(i + 1)[:-1]
+        self._raw.commit()
+        return line.removesuffix(b"\r")
+
+    def _read_greeting(self) -> None:
+        line = self._line(self.limits.rsync_max_greeting, "greeting")
+        m = _GREETING_RE.fullmatch(line)
+        if m is None:
+            raise RemoteProtocolError(Reason.RSYNC_GREETING, "protocol startup error")
+        client = int(m.group(1))
+        sub = int(m.group(2) or 0)
+        negotiated = _negotiate(client, sub)
+        if negotiated not in SUPPORTED:
+            raise RemoteProtocolError(
+                Reason.RSYNC_PROTOCOL_VERSION, f"protocol version {client} not supported"
+            )
+        self.protocol = negotiated
+        self.state = transition(self.state, "greeting")
+
+    def _read_module(self) -> None:
+        line = self._line(self.limits.rsync_max_greeting, "module line")
+        if line in (b"", b"#list"):
+            for name in sorted(self.catalog):
+                self._send_raw(f"{name:<15}\t\n".encode())
+            self._send_raw(b"@RSYNCD: EXIT\n")
+            self.state = transition(self.state, "list")
+            self._events.append(ModuleListed())
+            self._end(None)
+            return
+        if _MODULE_RE.fullmatch(line) is None:
+            raise RemoteProtocolError(Reason.RSYNC_MODULE_NAME, "Unknown module")
+        name = line.decode("ascii")
+        get = self.catalog.get(name)
+        if get is None:
+            raise RemoteProtocolError(Reason.RSYNC_UNKNOWN_MODULE, f"Unknown module '{name}'")
+        revision = get()
+        if revision is None:
+            raise RemoteProtocolError(
+                Reason.RSYNC_REVISION, f"module '{name}' is not available right now"
+            )
+        self.module, self.revision = name, revision
+        self._send_raw(b"@RSYNCD: OK\n")
+        self.state = transition(self.state, "module")
+
+    def _read_args(self) -> None:
+        sep = b"\x00" if self.protocol >= 30 else b"\n"
+        lim = self.limits
+        while True:
+            room = min(lim.rsync_max_arg_length, lim.rsync_max_args_bytes - self._args_bytes)
+            i = self._raw.find(sep, max(room, 0))
+            if i < 0:
+                if self._raw.available() > room:
+                    raise LimitExceeded(
+                        Reason.RSYNC_ARGUMENT,
+                        "server arguments too long",
+                        limit="rsync_max_args_bytes",
+                    )
+                raise NeedData
+            arg = self._raw.take(i + 1)[:-1]
+            self._raw.commit()
+            if not arg:
+                break
+            if len(self._raw_args) >= lim.rsync_max_args:
+                raise LimitExceeded(
+                    Reason.RSYNC_ARGUMENT, "too many server arguments", limit="rsync_max_args"
+                )
+            self._args_bytes += len(arg) + 1
+            self._raw_args.append(arg)
+        args = parse_server_args(self._raw_args, self.protocol)
+        path = args.path
+        module = self.module.encode()
+        if path == module:
+            scope = b""
+        elif path.startswith(module + b"/"):
+            scope = path[len(module) + 1 :]
+        else:
+            raise RemoteProtocolError(Reason.RSYNC_PATH, "path outside the module")
+        check_scope(scope)
+        self.args = ServerArgs(
+            recursive=args.recursive,
+            dirs=args.dirs,
+            uid=args.uid,
+            gid=args.gid,
+            checksum=args.checksum,
+            compress=args.compress,
+            compress_level=args.compress_level,
+            numeric_ids=args.numeric_ids,
+            checksum_seed=args.checksum_seed,
+            timeout=args.timeout,
+            client_info=args.client_info,
+            path=scope,
+        )
+        assert self.revision is not None
+        self._seed = args.checksum_seed or self.revision.seed
+        if self.protocol >= 30:
+            compat = 0
+            if "f" in args.client_info:
+                compat |= CF_SAFE_FLIST
+            if "C" in args.client_info:
+                compat |= CF_CHKSUM_SEED_FIX
+            self._send_raw(varint(compat))
+            self._data = Buffer()
+            self._premux_consumed = self._raw.consumed
+            self._muxed_in = True
+        self._send_raw(int32(self._seed))
+        self._muxed_out = True
+        self.state = transition(self.state, "args")
+
+    def _demux(self) -> None:
+        raw, lim = self._raw, self.limits
+        while True:
+            try:
+                tag, length = frame_header(raw.i32() & 0xFFFFFFFF)
+                if tag == Msg.DATA:
+                    if length > lim.rsync_max_data_frame:
+                        raise LimitExceeded(
+                            Reason.RSYNC_FRAME, "data frame too large", limit="rsync_max_data_frame"
+                        )
+                    payload = raw.take(length)
+                else:
+                    if length > lim.rsync_max_message_frame:
+                        raise LimitExceeded(
+                            Reason.RSYNC_FRAME,
+                            "message frame too large",
+                            limit="rsync_max_message_frame",
+                        )
+                    payload = raw.take(length)
+            except NeedData:
+                raw.rollback()
+                return
+            raw.commit()
+            if tag == Msg.DATA:
+                self._data.feed(payload)
+            elif tag == Msg.NOOP and length == 0:
+                pass
+            elif tag in (Msg.INFO, Msg.ERROR, Msg.WARNING, Msg.ERROR_XFER):
+                self._events.append(ClientMessage(tag, payload.decode("utf-8", "replace")))
+            elif tag == Msg.IO_ERROR and length == 4:
+                pass
+            elif tag == Msg.ERROR_EXIT and length in (0, 4):
+                raise RemoteProtocolError(Reason.RSYNC_CLIENT_ABORT, "client aborted")
+            else:
+                raise RemoteProtocolError(
+                    Reason.RSYNC_FRAME, "unexpected multiplexed message", tag=tag, length=length
+                )
+
+    def _read_filters(self) -> None:
+        buf, lim = self._data, self.limits
+        while True:
+            n = buf.i32()
+            if n == 0:
+                buf.commit()
+                break
+            if n < 0 or n > lim.rsync_max_filter_rule_length:
+                raise LimitExceeded(
+                    Reason.RSYNC_FILTER,
+                    "filter rule too long",
+                    limit="rsync_max_filter_rule_length",
+                )
+            if len(self._rules) >= lim.rsync_max_filter_rules:
+                raise LimitExceeded(
+                    Reason.RSYNC_FILTER, "too many filter rules", limit="rsync_max_filter_rules"
+                )
+            if self._rules_bytes + n > lim.rsync_max_filter_bytes:
+                raise LimitExceeded(
+                    Reason.RSYNC_FILTER, "filter rules too long", limit="rsync_max_filter_bytes"
+                )
+            rule = buf.take(n)
+            buf.commit()
+            self._rules.append(rule)
+            self._rules_bytes += n
+        self._send_file_list()
+
+    def _send_file_list(self) -> None:
+        args, revision = self.args, self.revision
+        assert args is not None and revision is not None
+        filters = FilterSet.from_wire(self._rules, self.protocol)
+        opts = FlistOptions(
+            protocol=self.protocol,
+            scope=args.path,
+            recursive=args.recursive,
+            dirs=args.dirs,
+            uid=args.uid,
+            gid=args.gid,
+            checksum=args.checksum,
+            filters=filters.key,
+        )
+        flist = revision.file_list(opts, filters, self.limits.rsync_max_filter_work)
+        self.flist = flist
+        if flist.missing:
+            shown = args.path.decode("ascii", "replace") or "."
+            self._send_message(
+                Msg.ERROR_XFER,
+                f'rsync: [sender] link_stat "{shown}" (in {self.module}) failed: '
+                "No such file or directory (2)\n",
+            )
+        self._send_data(flist.encoded)
+        if args.uid and not args.numeric_ids:
+            self._send_data(int32(0) if self.protocol < 30 else b"\x00")
+        if args.gid and not args.numeric_ids:
+            self._send_data(int32(0) if self.protocol < 30 else b"\x00")
+        if self.protocol < 30:
+            self._send_data(int32(0))  # io_error
+        self._events.append(
+            TransferStarted(
+                module=self.module,
+                revision=revision.name,
+                protocol=self.protocol,
+                files=len(flist.entries),
+                path=args.path.decode("ascii", "replace"),
+                compress=args.compress,
+            )
+        )
+        if not flist.entries:
+            self.state = transition(self.state, "empty-list")
+            if flist.missing:
+                self._end(Reason.RSYNC_NO_SUCH_PATH, "requested path does not exist")
+            else:
+                self._end(None)
+            return
+        self.state = transition(self.state, "filters")
+
+    def _commit_data(self) -> None:
+        self._data.commit()
+        self._ndx_mark = (self._ndx_in.prev_pos, self._ndx_in.prev_neg)
+
+    def _read_ndx(self) -> int:
+        buf = self._data
+        while True:
+            ndx = buf.i32() if self.protocol < 30 else self._ndx_in.decode(buf)
+            if ndx != NDX_DEL_STATS or self.protocol < 31:
+                return ndx
+            stats = [read_varint(buf) for _ in range(5)]
+            self._commit_data()
+            self._del_stats += 1
+            if self._del_stats > self.limits.rsync_max_del_stats:
+                raise LimitExceeded(
+                    Reason.RSYNC_INDEX, "too many deletion statistics", limit="rsync_max_del_stats"
+                )
+            self._send_ndx(NDX_DEL_STATS)
+            for v in stats:
+                self._send_data(varint(v))
+
+    def _read_request(self) -> None:
+        buf = self._data
+        while self._producer is None and self.state is State.TRANSFER:
+            if self._out_bytes + len(self._data_out) >= OUTPUT_HIGH_WATER:
+                self._paused = True  # resumed by data_to_send once the output drained
+                return
+            req = self._request
+            if req is None:
+                req = self._parse_request()
+                if req is None:
+                    continue
+                self._request = req
+            if req.skip:
+                n = min(req.skip, buf.available())
+                if n == 0:
+                    raise NeedData
+                buf.skip(n)
+                self._commit_data()
+                req.skip -= n
+                if req.skip:
+                    raise NeedData
+            self._request = None
+            self._answer(req)
+
+    def _parse_request(self) -> _Request | None:
+        buf, lim = self._data, self.limits
+        flist = self.flist
+        assert flist is not None
+        ndx = self._read_ndx()
+        if ndx == NDX_DONE:
+            self._commit_data()
+            self._phase += 1
+            max_phase = 2 if self.protocol >= 29 else 1
+            self._send_ndx(NDX_DONE)
+            if self._phase > max_phase:
+                self._send_stats()
+                self.state = transition(self.state, "last-done")
+            return None
+        if not 0 <= ndx < len(flist.entries):
+            raise RemoteProtocolError(Reason.RSYNC_INDEX, "file index out of range", ndx=ndx)
+        if self.protocol >= 30:
+            iflags = buf.u16()
+            basis = buf.u8() if iflags & ITEM_BASIS_TYPE_FOLLOWS else None
+            xname = read_vstring(buf, MAX_XNAME) if iflags & ITEM_XNAME_FOLLOWS else None
+        else:
+            iflags, basis, xname = ITEM_TRANSFER, None, None
+        head = None
+        skip = 0
+        if iflags & ITEM_TRANSFER:
+            entry = flist.entries[ndx].entry
+            if entry.is_dir:
+                raise RemoteProtocolError(Reason.RSYNC_INDEX, "transfer of a directory", ndx=ndx)
+            if self._phase >= 2:
+                raise RemoteProtocolError(Reason.RSYNC_SEQUENCE, "transfer after the last phase")
+            count, blength, s2len, remainder = buf.i32x4()
+            max_block = (
+                lim.rsync_max_block_length if self.protocol >= 30 else lim.rsync_max_block_length_27
+            )
+            if (
+                not 0 <= count <= lim.rsync_max_sum_count
+                or not 0 <= blength <= max_block
+                or (count > 0 and blength == 0)
+                or not 0 <= s2len <= 16
+                or not 0 <= remainder <= blength
+            ):
+                raise RemoteProtocolError(
+                    Reason.RSYNC_SUM_HEAD,
+                    "invalid sum head",
+                    count=count,
+                    blength=blength,
+                    s2len=s2len,
+                    remainder=remainder,
+                )
+            skip = count * (4 + s2len)
+            if self._sum_bytes + skip > lim.rsync_max_sum_bytes:
+                raise LimitExceeded(
+                    Reason.RSYNC_SUM_HEAD, "too many block sums", limit="rsync_max_sum_bytes"
+                )
+            times = self._requests.get(ndx, 0) + 1
+            if times > lim.rsync_max_requests_per_file:
+                raise LimitExceeded(
+                    Reason.RSYNC_INDEX,
+                    "file requested too often",
+                    limit="rsync_max_requests_per_file",
+                )
+            self._requests[ndx] = times
+            self._sum_bytes += skip
+            head = (count, blength, s2len, remainder)
+        self._commit_data()
+        return _Request(ndx, iflags, basis, xname, head, skip)
+
+    def _answer(self, req: _Request) -> None:
+        flist, revision, args = self.flist, self.revision, self.args
+        assert flist is not None and revision is not None and args is not None
+        item: ListedEntry = flist.entries[req.ndx]
+        head = bytearray(int32(req.ndx) if self.protocol < 30 else self._ndx_out.encode(req.ndx))
+        if self.protocol >= 30:
+            head += bytes([req.iflags & 0xFF, req.iflags >> 8])
+            if req.basis is not None:
+                head.append(req.basis)
+            if req.xname is not None:
+                n = len(req.xname)
+                head += bytes([n]) if n < 0x80 else bytes([0x80 | n >> 8, n & 0xFF])
+                head += req.xname
+        if req.head is None:
+            self._send_data(head)
+            return
+        head += _I32X4.pack(*req.head)
+        entry = item.entry
+        level = args.compress_level if args.compress else 0
+        self.files_sent += 1
+        if entry.size <= CACHED_BODY_MAX:
+            body = revision.response_body(entry, self.protocol, level, self._seed)
+            self._send_data(head + body)
+            self._events.append(
+                FileSent(item.name.decode("utf-8", "replace"), entry.size, len(body))
+            )
+            return
+        # A large file: produced lazily, one frame at a time.
+        self._send_data(head)
+        if level:
+            tokens = revision.deflated(entry, level)
+            wire = len(tokens)
+            view = memoryview(tokens)
+            body_iter: Iterator[bytes | memoryview] = (
+                view[i : i + MAX_DATA_FRAME_OUT] for i in range(0, wire, MAX_DATA_FRAME_OUT)
+            )
+        else:
+            data = revision.content(entry.path)
+            wire = len(data) + 4 * (len(data) // 32768 + 2)
+            body_iter = literal_tokens(data)
+        checksum = revision.transfer_sum(entry, self.protocol, self._seed)
+        self._events.append(FileSent(item.name.decode("utf-8", "replace"), entry.size, wire))
+
+        def produce() -> Iterator[bytes | memoryview]:
+            yield from body_iter
+            yield checksum
+
+        self._producer = produce()
+
+    def _send_stats(self) -> None:
+        flist = self.flist
+        assert flist is not None
+        total_size = sum(e.entry.size for e in flist.entries if not e.entry.is_dir)
+        # What rsync's report() sends: bytes read and written so far.  Counted as parsed and
+        # as produced, without multiplex headers, so the values do not depend on how the I/O
+        # layer split the stream (the client only prints them).
+        if self._data is self._raw:
+            read = self._raw.consumed
+        else:
+            read = self._premux_consumed + self._data.consumed
+        values = (read, self._generated, total_size)
+        if self.protocol < 30:
+            for v in values:
+                self._send_data(longint(v))
+        else:
+            for v in (*values, 0, 0):
+                self._send_data(varlong(v, 3))
+
+    def _read_goodbye(self) -> None:
+        ndx = self._read_ndx()
+        self._commit_data()
+        if ndx != NDX_DONE:
+            raise RemoteProtocolError(Reason.RSYNC_SEQUENCE, "invalid packet at end of run")
+        if self.state is State.GOODBYE and self.protocol >= 31:
+            self._send_ndx(NDX_DONE)
+            self.state = transition(self.state, "goodbye-31")
+            return
+        self.state = transition(self.state, "goodbye")
+        self._flush_data()
+        self._end(None)

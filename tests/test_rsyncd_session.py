@@ -1,0 +1,719 @@
+"""The sans-I/O daemon session: scripted clients, one byte at a time, hostile input, fuzzing.
+
+A scripted client builds exactly the bytes rsync sends (rsync-wire §3-5); a small independent
+decoder reads the server's answer back (frames, file list, tokens, checksums).  Interop with the
+real client is in test_rsyncd_peer.py; here every byte is under control.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rpkirepo.errors import LimitExceeded, Reason, RemoteProtocolError, RpkiRepoError
+from rpkirepo.limits import DEFAULT_LIMITS
+from rpkirepo.rsync import Revision, RevisionBuilder, Session, SessionEnded, State
+from rpkirepo.rsync._md4 import md4
+from rpkirepo.rsync._wire import (
+    Buffer,
+    Msg,
+    NdxReader,
+    NdxWriter,
+    frame,
+    int32,
+    read_varint,
+    read_varlong,
+    varint,
+)
+
+FILES = {
+    "a.cer": b"A" * 3000,
+    "-x.cer": b"minus",
+    "sub/b.roa": bytes(range(256)) * 400,
+    "sub/deep/c.mft": b"hello world\n",
+    "sub.crl": b"crl!" * 40,
+}
+
+
+def make_revision(files: dict[str, bytes], name: str = "r1", seed: int = 1234) -> Revision:
+    b = RevisionBuilder(name, max_entries=1_000_000, seed=seed)
+    b.set_root_mtime(946684800)
+    dirs: set[str] = set()
+    for path in sorted(files):
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            d = "/".join(parts[:i])
+            if d not in dirs:
+                dirs.add(d)
+                b.add_dir(d.encode(), 946684800)
+        b.add_file(path.encode(), 1700000000 + len(path), files[path])
+    return b.build()
+
+
+RPKI_ARGS = ["--server", "--sender", "-tre.iLsfxCIvu", "--timeout=30", ".", "repo/"]
+
+
+@dataclass
+class Client:
+    """Builds what a real client sends, protocol by protocol."""
+
+    protocol: int
+    argv: Sequence[str] = tuple(RPKI_ARGS)
+    rules: Sequence[bytes] = ()
+
+    def __post_init__(self) -> None:
+        self.ndx = NdxWriter()
+
+    def greeting(self) -> bytes:
+        v = "27" if self.protocol == 27 else f"{self.protocol}.0 md5 md4"
+        return f"@RSYNCD: {v}\n".encode() + b"repo\n"
+
+    def args(self) -> bytes:
+        sep = b"\x00" if self.protocol >= 30 else b"\n"
+        return b"".join(a.encode() + sep for a in self.argv) + sep
+
+    def data(self, payload: bytes) -> bytes:
+        if self.protocol < 30:
+            return payload
+        step = 32768
+        return b"".join(
+            frame(Msg.DATA, payload[i : i + step]) for i in range(0, max(len(payload), 1), step)
+        )
+
+    def filters(self) -> bytes:
+        return self.data(b"".join(int32(len(r)) + r for r in self.rules) + int32(0))
+
+    def request(
+        self, ndx: int, sums: tuple[int, int, int, int] = (0, 0, 0, 0), junk: bytes = b""
+    ) -> bytes:
+        head = b"".join(int32(v) for v in sums) + junk
+        if self.protocol >= 30:
+            return self.data(self.ndx.encode(ndx) + b"\x00\x80" + head)
+        return int32(ndx) + head
+
+    def done(self) -> bytes:
+        return self.data(b"\x00" if self.protocol >= 30 else int32(-1))
+
+    def dones(self) -> bytes:
+        n = {27: 3, 30: 4, 31: 5}[self.protocol]
+        return b"".join(self.done() for _ in range(n))
+
+
+def run(session: Session, data: bytes, step: int | None = None) -> bytes:
+    out = bytearray(session.data_to_send())
+    chunks = [data] if step is None else [data[i : i + step] for i in range(0, len(data), step)]
+    for chunk in chunks:
+        session.receive_data(chunk)
+        out += session.data_to_send()
+        while True:
+            more = session.data_to_send()
+            if not more:
+                break
+            out += more
+    return bytes(out)
+
+
+def catalog(rev: Revision):  # type: ignore[no-untyped-def]
+    return {"repo": lambda: rev}
+
+
+# --- an independent decoder of what the server sent ---------------------------------------
+
+
+@dataclass
+class Decoded:
+    greeting: bytes
+    seed: int
+    messages: list[tuple[int, bytes]]
+    stream: bytes
+
+
+def split_output(out: bytes, protocol: int) -> Decoded:
+    ok = out.index(b"@RSYNCD: OK\n") + len(b"@RSYNCD: OK\n")
+    pos = ok + (1 if protocol >= 30 else 0)
+    seed = int.from_bytes(out[pos : pos + 4], "little", signed=True)
+    pos += 4
+    stream, messages = bytearray(), []
+    while pos < len(out):
+        head = int.from_bytes(out[pos : pos + 4], "little")
+        tag, n = (head >> 24) - 7, head & 0xFFFFFF
+        payload = out[pos + 4 : pos + 4 + n]
+        assert len(payload) == n
+        if tag == 0:
+            stream += payload
+        else:
+            messages.append((tag, payload))
+        pos += 4 + n
+    return Decoded(out[:ok], seed, messages, bytes(stream))
+
+
+def decode_flist_31(buf: Buffer) -> list[tuple[str, int, int, int]]:
+    entries: list[tuple[str, int, int, int]] = []
+    name, mode, mtime = b"", 0, 0
+    while True:
+        flags = buf.u8()
+        if flags == 0:
+            return entries
+        if flags & 0x04:
+            flags |= buf.u8() << 8
+        prefix = buf.u8() if flags & 0x20 else 0
+        n = read_varint(buf) if flags & 0x40 else buf.u8()
+        name = name[:prefix] + buf.take(n)
+        size = read_varlong(buf, 3)
+        if not flags & 0x80:
+            mtime = read_varlong(buf, 4)
+        if not flags & 0x02:
+            mode = buf.i32()
+        entries.append((name.decode(), size, mtime, mode))
+
+
+def read_file_response(
+    buf: Buffer, protocol: int, ndx_reader: NdxReader | None
+) -> tuple[int, bytes, bytes]:
+    ndx = ndx_reader.decode(buf) if ndx_reader else buf.i32()
+    if protocol >= 30:
+        buf.u16()
+    head = [buf.i32() for _ in range(4)]
+    assert head[0] >= 0
+    data = bytearray()
+    while (n := buf.i32()) != 0:
+        data += buf.take(n)
+    return ndx, bytes(data), buf.take(16)
+
+
+# --- whole sessions -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", [31, 30, 27])
+@pytest.mark.parametrize("step", [None, 1, 7])
+def test_full_session_any_split(protocol: int, step: int | None) -> None:
+    rev = make_revision(FILES)
+    client = Client(protocol)
+    # Requests for every regular file, in index order of the list the server sends.
+    probe = Session(catalog(rev))
+    run(probe, client.greeting() + client.args() + client.filters())
+    assert probe.flist is not None
+    regular = [i for i, e in enumerate(probe.flist.entries) if not e.entry.is_dir]
+    client = Client(protocol)
+    script = client.greeting() + client.args() + client.filters()
+    script += b"".join(client.request(i) for i in regular) + client.dones()
+    session = Session(catalog(rev))
+    out = run(session, script, step)
+    assert session.finished and session.state is State.DONE
+    events = []
+    while (e := session.next_event()) is not None:
+        events.append(e)
+    assert events[-1] == SessionEnded(None)
+    assert session.files_sent == len(FILES)
+    # The same stream whatever the split (only the framing may differ).
+    d = split_output(out, protocol)
+    whole = split_output(run(Session(catalog(rev)), script), protocol)
+    assert (d.stream, d.messages) == (whole.stream, whole.messages)
+    assert d.greeting.startswith(b"@RSYNCD: 31.0\n")
+    assert d.seed == 1234 and d.messages == []
+    buf = Buffer()
+    buf.feed(d.stream)
+    names = [e.name.decode() for e in probe.flist.entries]
+    if protocol >= 30:
+        listed = decode_flist_31(buf)
+        assert [x[0] for x in listed] == names
+        assert names == [
+            ".",
+            "-x.cer",
+            "a.cer",
+            "sub.crl",
+            "sub",
+            "sub/b.roa",
+            "sub/deep",
+            "sub/deep/c.mft",
+        ]
+        for name, size, mtime, mode in listed:
+            if name in FILES:
+                assert (size, mtime, mode) == (len(FILES[name]), 1700000000 + len(name), 0o100644)
+            else:
+                assert mode == 0o040755 and mtime == 946684800
+    else:
+        # Protocol 27 sorts full names bytewise: "-x.cer" before ".".
+        assert names == [
+            "-x.cer",
+            ".",
+            "a.cer",
+            "sub",
+            "sub.crl",
+            "sub/b.roa",
+            "sub/deep",
+            "sub/deep/c.mft",
+        ]
+        assert d.stream.startswith(probe.flist.encoded + int32(0))  # list, then io_error
+        buf = Buffer()
+        buf.feed(d.stream[len(probe.flist.encoded) + 4 :])
+    reader = NdxReader() if protocol >= 30 else None
+    for i in regular:
+        ndx, data, checksum = read_file_response(buf, protocol, reader)
+        name = names[ndx]
+        assert ndx == i and data == FILES[name]
+        expected = hashlib.md5(data).digest() if protocol >= 30 else md4(int32(1234) + data)
+        assert checksum == expected
+
+
+@pytest.mark.parametrize("protocol", [31, 27])
+def test_compressed_tokens_inflate_to_the_file(protocol: int) -> None:
+    rev = make_revision({"big.crl": bytes(range(256)) * 500})
+    argv = ["--server", "--sender", "-trze.iLsfxCIvu", ".", "repo/"]
+    client = Client(protocol, argv=argv)
+    script = client.greeting() + client.args() + client.filters() + client.request(1)
+    session = Session(catalog(rev))
+    out = run(session, script + client.dones())
+    assert session.finished and session.flist is not None
+    stream = split_output(out, protocol).stream
+    body = bytearray()
+    # list [+ io_error] + ndx [+ iflags] + sum head echo, then the deflated tokens
+    start = len(session.flist.encoded) + (4 if protocol < 30 else 0)
+    i = start + (4 if protocol < 30 else 3) + 16
+    while stream[i] != 0:
+        n = (stream[i] & 0x3F) << 8 | stream[i + 1]
+        body += stream[i + 2 : i + 2 + n]
+        i += 2 + n
+    assert (
+        zlib.decompressobj(-15).decompress(bytes(body) + b"\x00\x00\xff\xff")
+        == bytes(range(256)) * 500
+    )
+
+
+def test_revision_switch_mid_session_keeps_the_old_revision() -> None:
+    old, new = make_revision({"a.cer": b"old" * 50}), make_revision({"a.cer": b"new!" * 50}, "r2")
+    current = [old]
+    session = Session({"repo": lambda: current[0]})
+    client = Client(31)
+    out = run(session, client.greeting() + client.args() + client.filters())
+    current[0] = new  # the daemon installs a new revision
+    out += run(session, client.request(1) + client.dones())
+    assert b"old" * 50 in split_output(out, 31).stream
+    assert session.finished
+
+
+def test_module_listing() -> None:
+    session = Session({"repo": lambda: None, "other": lambda: None})
+    out = run(session, b"@RSYNCD: 31.0\n\n")
+    assert out == b"@RSYNCD: 31.0\nother          \t\nrepo           \t\n@RSYNCD: EXIT\n"
+    assert session.finished
+
+
+def test_openrsync_style_protocol_27_transcript() -> None:
+    # openrsync: greeting without sub-version, module sent at once, split flags, module without
+    # a slash, --max-size/--min-size, blength 32768 and count 0 in the sum head.
+    rev = make_revision(FILES)
+    argv = [
+        "--server",
+        "--sender",
+        "-r",
+        "-t",
+        "-O",
+        "--max-size=8000000",
+        "--min-size=100",
+        ".",
+        "repo",
+    ]
+    client = Client(27, argv=argv)
+    script = b"@RSYNCD: 27\nrepo\n" + client.args() + client.filters()
+    script += client.request(2, (0, 32768, 2, 0)) + client.dones()
+    session = Session(catalog(rev))
+    out = run(session, script)
+    assert session.finished and session.protocol == 27
+    stream = split_output(out, 27).stream
+    assert FILES["a.cer"] in stream
+
+
+# --- negotiation and refusals -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("greeting", "protocol"),
+    [(b"@RSYNCD: 32.0 sha512 sha256 sha1 md5 md4\n", 31), (b"@RSYNCD: 31.0\n", 31),
+     (b"@RSYNCD: 30.0\r\n", 30), (b"@RSYNCD: 27\n", 27), (b"@RSYNCD: 27.0\n", 27),
+     (b"@RSYNCD: 31.5\n", 30), (b"@RSYNCD: 32.1\n", 31)],
+)  # fmt: skip
+def test_protocol_negotiation(greeting: bytes, protocol: int) -> None:
+    session = Session(catalog(make_revision(FILES)))
+    run(session, greeting)
+    assert session.protocol == protocol and session.state is State.MODULE
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"@RSYNCD: 29\n", Reason.RSYNC_PROTOCOL_VERSION),
+        (b"@RSYNCD: 28.0\n", Reason.RSYNC_PROTOCOL_VERSION),
+        (b"@RSYNCD: 26\n", Reason.RSYNC_PROTOCOL_VERSION),
+        (b"@RSYNCD: 30.1\n", Reason.RSYNC_PROTOCOL_VERSION),
+        (b"@RSYNCD: x\n", Reason.RSYNC_GREETING),
+        (b"@RSYNCD: 2147483648\n", Reason.RSYNC_GREETING),
+        (b"HELLO\n", Reason.RSYNC_GREETING),
+        (b"@RSYNCD: " + b"3" * 1000, Reason.RSYNC_GREETING),
+        (b"@RSYNCD: 31.0\n../etc\n", Reason.RSYNC_MODULE_NAME),
+        (b"@RSYNCD: 31.0\n" + b"m" * 200 + b"\n", Reason.RSYNC_MODULE_NAME),
+        (b"@RSYNCD: 31.0\n" + b"m" * 10_000, Reason.RSYNC_GREETING),
+        (b"@RSYNCD: 31.0\n#early_input=5\n", Reason.RSYNC_MODULE_NAME),
+        (b"@RSYNCD: 31.0\nnosuch\n", Reason.RSYNC_UNKNOWN_MODULE),
+    ],
+)
+def test_greeting_and_module_refusals(data: bytes, reason: Reason) -> None:
+    session = Session(catalog(make_revision(FILES)))
+    out = session.data_to_send()
+    with pytest.raises((RemoteProtocolError, LimitExceeded)) as exc:
+        session.receive_data(data)
+    assert exc.value.reason is reason
+    out += session.data_to_send()
+    assert out.startswith(b"@RSYNCD: 31.0\n") and b"@ERROR: " in out
+    assert session.state is State.FAILED and session.finished
+
+
+def _refused_after_ok(
+    protocol: int, tail: bytes, argv: Sequence[str] = tuple(RPKI_ARGS)
+) -> tuple[Reason, bytes, Session]:
+    client = Client(protocol, argv=argv)
+    session = Session(catalog(make_revision(FILES)))
+    out = session.data_to_send()
+    with pytest.raises((RemoteProtocolError, LimitExceeded)) as exc:
+        session.receive_data(client.greeting() + client.args() + tail)
+    out += session.data_to_send()
+    assert session.state is State.FAILED
+    return exc.value.reason, out, session
+
+
+@pytest.mark.parametrize("protocol", [31, 27])
+@pytest.mark.parametrize(
+    ("argv", "reason"),
+    [
+        (["--server", "-tre.iLsfxCIvu", ".", "repo/"], Reason.RSYNC_READ_ONLY),
+        (["--server", "--sender", "-s", ".", "repo/"], Reason.RSYNC_ARGUMENT),
+        (["--server", "--sender", "-r", ".", "repo/../x"], Reason.RSYNC_PATH),
+        (["--server", "--sender", "-r", ".", "repo//"], Reason.RSYNC_PATH),
+        (["--server", "--sender", "-r", ".", "/etc"], Reason.RSYNC_PATH),
+        (["--server", "--sender", "-r", ".", "other/x"], Reason.RSYNC_PATH),
+        (["--server", "--sender", "-r", ".", "repo/a*"], Reason.RSYNC_PATH),
+        (["--server", "--sender", "-r", ".", "repo/", "repo/x"], Reason.RSYNC_PATH),
+    ],
+)
+def test_argument_refusals_reach_the_client(protocol: int, argv: list[str], reason: Reason) -> None:
+    got, out, _ = _refused_after_ok(protocol, b"", argv)
+    assert got is reason
+    d = split_output(out, protocol)
+    tag = Msg.ERROR if protocol >= 30 else Msg.ERROR_XFER
+    assert len(d.messages) == 1 and d.messages[0][0] == tag
+    assert d.messages[0][1].startswith(b"rsync: ") and d.messages[0][1].endswith(b"\n")
+
+
+def test_argument_flood_is_cut_off_bounded() -> None:
+    # APNIC's script: endless NUL-terminated arguments after a valid module.
+    session = Session(catalog(make_revision(FILES)))
+    session.receive_data(b"@RSYNCD: 31.0\nrepo\n")
+    with pytest.raises(LimitExceeded) as exc:
+        for _ in range(100_000):
+            session.receive_data(b"it's a good idea to limit arrays\x00" * 10)
+    assert exc.value.context["limit"] in ("rsync_max_args", "rsync_max_args_bytes")
+    assert session._raw.available() < DEFAULT_LIMITS.rsync_max_args_bytes + 1024
+    session2 = Session(catalog(make_revision(FILES)))
+    session2.receive_data(b"@RSYNCD: 31.0\nrepo\n")
+    with pytest.raises(LimitExceeded):
+        for _ in range(100):
+            session2.receive_data(b"A" * 10_000)  # one 1 MB argument, never terminated
+    assert session2._raw.available() < 30_000
+
+
+@pytest.mark.parametrize(
+    ("tail", "reason"),
+    [
+        (frame(Msg.DATA, int32(-1)), Reason.RSYNC_FILTER),
+        (frame(Msg.DATA, int32(0x7FFFFFFF)), Reason.RSYNC_FILTER),
+        (frame(Msg.DATA, b"".join(int32(3) + b"- a" for _ in range(300))), Reason.RSYNC_FILTER),
+        (frame(Msg.DATA, int32(17) + b": /.rsync-filter" + b"x" + int32(0)), Reason.RSYNC_FILTER),
+        (frame(Msg.DATA, int32(16) + b"merge /etc/passw" + int32(0)), Reason.RSYNC_FILTER),
+        (frame(Msg.DATA, int32(4) + b"- a\\" + int32(0)), Reason.RSYNC_FILTER),
+        (bytes([0, 0, 0, 7 + 99]), Reason.RSYNC_FRAME),
+        (bytes([0xFF, 0xFF, 0xFF, 7]), Reason.RSYNC_FRAME),
+        (bytes([3, 0, 0, 7 + 86]) + b"abc", Reason.RSYNC_FRAME),
+        (bytes([4, 0, 0, 7 + 33]) + b"\x00\x00\x00\x00", Reason.RSYNC_FRAME),
+        (bytes([0, 0, 0, 7 + 86]), Reason.RSYNC_CLIENT_ABORT),
+    ],
+)
+def test_filter_and_frame_refusals(tail: bytes, reason: Reason) -> None:
+    got, out, _ = _refused_after_ok(31, tail)
+    assert got is reason
+    assert split_output(out, 31).messages[-1][0] == Msg.ERROR
+
+
+def test_interleaved_noops_and_messages_are_fine() -> None:
+    rev = make_revision(FILES)
+    client = Client(31)
+    noise = frame(Msg.NOOP, b"") + frame(Msg.INFO, b"hi\n") + frame(Msg.DATA, b"")
+    script = client.greeting() + client.args() + noise + client.filters() + noise
+    script += client.request(1) + noise + client.dones()
+    session = Session(catalog(rev))
+    run(session, script)
+    assert session.finished and session.state is State.DONE
+
+
+def _transfer_refusal(protocol: int, requests: bytes) -> Reason:
+    client = Client(protocol)
+    rev = make_revision(FILES)
+    session = Session(catalog(rev))
+    head = client.greeting() + client.args() + client.filters()
+    run(session, head)
+    with pytest.raises((RemoteProtocolError, LimitExceeded)) as exc:
+        run(session, requests)
+    assert session.state is State.FAILED
+    return exc.value.reason
+
+
+@pytest.mark.parametrize("protocol", [31, 27])
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda c: c.request(100), Reason.RSYNC_INDEX),
+        (lambda c: c.request(2**31 - 1), Reason.RSYNC_INDEX),
+        (lambda c: c.request(4 if c.protocol >= 30 else 3), Reason.RSYNC_INDEX),  # "sub"
+        (lambda c: c.request(2, (-1, 0, 0, 0)), Reason.RSYNC_SUM_HEAD),
+        (lambda c: c.request(2, (2**31 - 1, 700, 2, 0)), Reason.RSYNC_SUM_HEAD),
+        (lambda c: c.request(2, (1, 0, 2, 0)), Reason.RSYNC_SUM_HEAD),
+        (lambda c: c.request(2, (1, 700, 17, 0)), Reason.RSYNC_SUM_HEAD),
+        (lambda c: c.request(2, (1, 700, 64, 0)), Reason.RSYNC_SUM_HEAD),
+        (lambda c: c.request(2, (1, 700, 2, 701)), Reason.RSYNC_SUM_HEAD),
+        (lambda c: c.request(2, (1, 1 << 30, 2, 0)), Reason.RSYNC_SUM_HEAD),
+        (lambda c: b"".join(c.request(2) for _ in range(3)), Reason.RSYNC_INDEX),
+        (lambda c: c.done() + c.done() + c.request(2), Reason.RSYNC_SEQUENCE),
+    ],
+)
+def test_transfer_refusals(protocol: int, make, reason: Reason) -> None:  # type: ignore[no-untyped-def]
+    if protocol == 27 and reason is Reason.RSYNC_SEQUENCE:
+        # Protocol 27 has one redo phase: two DONEs end the run and the request is read as
+        # garbage at the goodbye, which is the same refusal.
+        assert _transfer_refusal(protocol, make(Client(protocol))) is Reason.RSYNC_SEQUENCE
+        return
+    assert _transfer_refusal(protocol, make(Client(protocol))) is reason
+
+
+def test_junk_block_sums_still_get_literal_data() -> None:
+    # CVE-2024-12085 shape: s2len=1, junk sums; 100 000 equal weak sums (CVE-2026-70453 shape).
+    rev = make_revision(FILES)
+    client = Client(31)
+    junk = (int32(0x11111111) + b"\x01") * 100_000
+    script = client.greeting() + client.args() + client.filters()
+    script += client.request(2, (100_000, 700, 1, 0), junk) + client.dones()
+    session = Session(catalog(rev))
+    out = run(session, script, step=65536)
+    assert session.finished
+    assert FILES["a.cer"] in split_output(out, 31).stream
+
+
+def test_sum_bytes_are_capped_per_session() -> None:
+    limits = DEFAULT_LIMITS.override({"rsync_max_sum_bytes": 10_000})
+    client = Client(31)
+    session = Session(catalog(make_revision(FILES)), limits)
+    run(session, client.greeting() + client.args() + client.filters())
+    with pytest.raises(LimitExceeded):
+        run(session, client.request(2, (2000, 700, 2, 0)))
+
+
+def test_del_stats_are_echoed_and_capped() -> None:
+    client = Client(31)
+    session = Session(catalog(make_revision(FILES)))
+    run(session, client.greeting() + client.args() + client.filters())
+
+    def stats() -> bytes:
+        return client.data(client.ndx.encode(-3) + b"".join(varint(v) for v in (1, 2, 3, 4, 5)))
+
+    out = run(session, stats())
+    assert out == frame(Msg.DATA, b"\xff\x02\x01\x02\x03\x04\x05")
+    with pytest.raises(LimitExceeded) as exc:
+        run(session, b"".join(stats() for _ in range(1000)))
+    assert exc.value.context["limit"] == "rsync_max_del_stats"
+
+
+@pytest.mark.parametrize("protocol", [31, 27])
+def test_eof_and_garbage_at_goodbye(protocol: int) -> None:
+    client = Client(protocol)
+    session = Session(catalog(make_revision(FILES)))
+    run(session, client.greeting() + client.args() + client.filters() + client.request(2))
+    with pytest.raises(RemoteProtocolError) as exc:
+        session.receive_data(b"")
+    assert exc.value.reason is Reason.RSYNC_EOF
+    session = Session(catalog(make_revision(FILES)))
+    phases = {27: 2, 30: 3, 31: 3}[protocol]
+    run(session, client.greeting() + client.args() + client.filters())
+    c2 = Client(protocol)
+    garbage = c2.data(int32(7) if protocol < 30 else b"\x05")
+    with pytest.raises(RemoteProtocolError) as exc:
+        run(session, b"".join(c2.done() for _ in range(phases)) + garbage)
+    assert exc.value.reason is Reason.RSYNC_SEQUENCE
+
+
+def test_missing_path_sends_the_rsync_error_and_an_empty_list() -> None:
+    client = Client(31, argv=["--server", "--sender", "-tre.iLsfxCIvu", ".", "repo/nonexistent"])
+    session = Session(catalog(make_revision(FILES)))
+    out = run(session, client.greeting() + client.args() + client.filters())
+    d = split_output(out, 31)
+    assert d.messages[0][0] == Msg.ERROR_XFER and b"link_stat" in d.messages[0][1]
+    assert d.stream == b"\x00"
+    assert session.finished
+    assert session.next_event() is not None
+
+
+def test_filters_shape_the_list() -> None:
+    rules = [b"+ */", b"+ *.roa", b"- *"]
+    client = Client(31, rules=rules)
+    session = Session(catalog(make_revision(FILES)))
+    run(session, client.greeting() + client.args() + client.filters())
+    assert session.flist is not None
+    assert [e.name for e in session.flist.entries] == [b".", b"sub", b"sub/b.roa", b"sub/deep"]
+
+
+def test_client_that_never_reads_costs_no_output_memory() -> None:
+    big = make_revision({"big.crl": b"x" * 4_000_000})
+    client = Client(31)
+    session = Session(catalog(big))
+    session.receive_data(client.greeting() + client.args() + client.filters() + client.request(1))
+    first = session.data_to_send(65536)
+    assert len(first) < 200_000
+    # Nothing more is produced until asked: the pending output is a lazy iterator.
+    assert len(session._out) == 0 and len(session._data_out) < 65536
+
+
+# --- fuzzing: only the project's errors escape --------------------------------------------
+
+
+PREFIXES = {
+    "greeting": b"",
+    "module": b"@RSYNCD: 31.0\n",
+    "args": b"@RSYNCD: 31.0\nrepo\n",
+    "filters": b"@RSYNCD: 31.0\nrepo\n" + Client(31).args(),
+    "transfer": b"@RSYNCD: 31.0\nrepo\n" + Client(31).args() + Client(31).filters(),
+    "transfer27": b"@RSYNCD: 27.0\nrepo\n" + Client(27).args() + Client(27).filters(),
+}
+REVISION = make_revision(FILES)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(sorted(PREFIXES)),
+    st.binary(max_size=300),
+    st.lists(st.integers(1, 50), max_size=10),
+)
+def test_fuzz_only_project_errors_escape(prefix: str, tail: bytes, cuts: list[int]) -> None:
+    session = Session(catalog(REVISION))
+    data = PREFIXES[prefix] + tail
+    pieces, pos = [], 0
+    for c in cuts:
+        pieces.append(data[pos : pos + c])
+        pos += c
+    pieces.append(data[pos:])
+    try:
+        for piece in pieces:
+            session.receive_data(piece)
+            session.data_to_send()
+        session.receive_data(b"")
+        session.data_to_send()
+    except RpkiRepoError as exc:
+        assert isinstance(exc, (RemoteProtocolError, LimitExceeded))
+        assert session.state is State.FAILED
+
+
+def test_oversized_xname_negative_index_and_wide_varints() -> None:
+    rev = make_revision(FILES)
+
+    def refused(tail: bytes) -> Reason:
+        client = Client(31)
+        session = Session(catalog(rev))
+        run(session, client.greeting() + client.args() + client.filters())
+        with pytest.raises((RemoteProtocolError, LimitExceeded)) as exc:
+            run(session, tail)
+        return exc.value.reason
+
+    w = NdxWriter()
+    # iflags with XNAME_FOLLOWS and a 0x7FFF-byte name (rsync caps it at MAXPATHLEN).
+    xname = w.encode(2) + bytes([0x00, 0x10]) + bytes([0xFF, 0xFF]) + b"x" * 0x7FFF
+    assert refused(Client(31).data(xname)) is Reason.RSYNC_FRAME
+    # ndx -2 (NDX_FLIST_EOF: incremental recursion, which we never offer).
+    assert refused(Client(31).data(NdxWriter().encode(-2))) is Reason.RSYNC_INDEX
+    # DEL_STATS whose varints claim more than 4 extra bytes.
+    wide = NdxWriter().encode(-3) + b"\xfc" + b"\x00" * 8
+    assert refused(Client(31).data(wide)) is Reason.RSYNC_FRAME
+
+
+def test_unknown_item_flags_are_echoed_not_trusted() -> None:
+    # A non-transfer item with odd flag bits: echoed back (the client only logs it), no data.
+    rev = make_revision(FILES)
+    client = Client(31)
+    session = Session(catalog(rev))
+    run(session, client.greeting() + client.args() + client.filters())
+    out = run(session, client.data(NdxWriter().encode(2) + bytes([0x05, 0x02])))
+    assert out == frame(Msg.DATA, b"\x03\x05\x02")
+    assert session.files_sent == 0
+
+
+def _valid_script(protocol: int) -> bytes:
+    client = Client(protocol, argv=["--server", "--sender", "-trze.iLsfxCIvu", ".", "repo/"])
+    script = client.greeting() + client.args() + client.filters()
+    script += client.request(2, (1, 700, 2, 0), int32(5) + b"ab")
+    script += client.request(5) + client.dones()
+    return script
+
+
+SCRIPTS = {p: _valid_script(p) for p in (31, 30, 27)}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from([31, 30, 27]),
+    st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255), st.booleans()), max_size=4),
+    st.integers(1, 64),
+)
+def test_fuzz_mutated_sessions(
+    protocol: int, edits: list[tuple[int, int, bool]], step: int
+) -> None:
+    data = bytearray(SCRIPTS[protocol])
+    for pos, value, insert in edits:
+        pos %= len(data)
+        if insert:
+            data.insert(pos, value)
+        else:
+            data[pos] = value
+    session = Session(catalog(REVISION))
+    try:
+        run(session, bytes(data), step)
+        session.receive_data(b"")
+        session.data_to_send()
+    except RpkiRepoError as exc:
+        assert isinstance(exc, (RemoteProtocolError, LimitExceeded))
+        assert session.state is State.FAILED
+    else:
+        assert session.state is State.DONE
+
+
+def test_only_the_default_compression_level_is_cached() -> None:
+    rev = make_revision(FILES)
+    entry = rev.entries[b"a.cer"]
+    for level in range(1, 10):
+        rev.response_body(entry, 31, level, rev.seed)
+    assert list(rev._deflated) == [b"a.cer"]
+    assert {k[2] for k in rev._bodies} == {6}
+    stream = rev.response_body(entry, 31, 9, rev.seed)
+    assert stream.endswith(hashlib.md5(FILES["a.cer"]).digest())
+
+
+def test_costly_filters_are_refused_with_a_message() -> None:
+    limits = DEFAULT_LIMITS.override({"rsync_max_filter_work": 1000})
+    client = Client(31, rules=[b"- *[ab]?*a*/*.x"] * 50)
+    session = Session(catalog(make_revision(FILES)), limits)
+    out = session.data_to_send()
+    with pytest.raises(LimitExceeded) as exc:
+        session.receive_data(client.greeting() + client.args() + client.filters())
+    out += session.data_to_send()
+    assert exc.value.context["limit"] == "rsync_max_filter_work"
+    assert b"too costly" in split_output(out, 31).messages[-1][1]
