@@ -6,13 +6,17 @@ and its ``current`` tree behind the real rsync daemon → rpki-client over RRDP 
 outputs exactly the testbed's VRPs.  Then `testbed advance` → publish → sync (applying the
 delta) → rpki-client on the same cache takes the delta path and outputs the new VRPs, and the
 rsync daemon sends only the files that changed.  FORT and OctoRPKI (over RRDP) follow the same
-steps on caches of their own and output exactly the VRPs of each step.
+steps on caches of their own and output exactly the VRPs of each step.  The second test puts our
+own servers in front of the mirror (`rpkirepo serve` over TLS, the rpkirepo rsync daemon) and runs
+rpki-client, FORT and OctoRPKI through them the same way.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +29,8 @@ from peers import (
     nginx_tls,
     peer_scratch,
     public_dir,
+    rpkirepo_rsyncd,
+    rpkirepo_serve,
     rsync_daemon,
     run_fort,
     run_octorpki,
@@ -190,3 +196,115 @@ def test_rpki_client_validates_through_the_mirror(root: Path) -> None:
             sent = validate(None)
             assert changed and set(sent) - {"ta.cer"} <= changed, (sent, changed)
             other_rps()
+
+
+def test_relying_parties_through_our_own_servers(root: Path) -> None:
+    """The same chain with our servers in front of the mirror: `rpkirepo serve` (TLS) for RRDP
+    and the rpkirepo rsync daemon for rsync.  The TAL names the TA certificate by its rsync URI
+    only (`rpkirepo serve` serves RRDP files, not a TA certificate).  rpki-client (RRDP, then
+    rsync only), FORT (RRDP and rsync only) and OctoRPKI (RRDP) output exactly the VRPs, before
+    and after an advance; rpki-client follows it by one delta."""
+    for peer in ("rsync", "rpki-client", "fort", "octorpki", "unshare", "setpriv"):
+        require_peer(peer)
+    https_port, rsync_port = free_port(), free_port()
+    rsync_base = f"rsync://localhost:{rsync_port}/repo/"
+    rrdp_base = f"https://localhost:{https_port}/rrdp/"
+    notify = rrdp_base + "notification.xml"
+    testbed = root / "testbed"
+    run_rpkirepo(
+        "testbed", str(testbed), "--cas", "3", "--depth", "2", "--roas-per-ca", "2",
+        "--seed", "9", "--rsync-base", rsync_base, "--rrdp-base", rrdp_base,
+        "--ta-uri", rsync_base + "ta.cer",
+    )  # fmt: skip
+    hidden, mirror = root / "hidden", public_dir(root / "mirror")
+
+    def publish_and_sync() -> None:
+        run_rpkirepo(
+            "publish", str(testbed / "repository"),
+            "--rsync-base", rsync_base, "--https-base", rrdp_base,
+            "--state-dir", str(hidden / "state"), "--rrdp-dir", str(hidden / "rrdp"),
+            "--rsync-dir", str(hidden / "rsync"),
+        )  # fmt: skip
+        run_rpkirepo(
+            "sync", notify, "--source-uri-base", str(hidden / "rrdp"), "--state-dir", str(mirror)
+        )
+
+    publish_and_sync()
+    tls = make_tls_ca(root / "tls", names=("localhost",))
+    hosts = {"localhost": "127.0.0.1"}
+    with (
+        rpkirepo_serve(root / "serve", mirror / "rrdp", tls=tls, port=https_port, ipv6=False),
+        rpkirepo_rsyncd({"repo": mirror / "rsync"}, port=rsync_port),
+    ):
+
+        def check(step: int) -> None:
+            for rsync_only in (False, True):
+                mode = "rsync" if rsync_only else "rrdp"
+                result = run_rpki_client(
+                    root / f"ours-rpki-client-{mode}",
+                    testbed / "ta.tal",
+                    binary=require_peer("rpki-client"),
+                    trust=tls.ca_cert,
+                    hosts=hosts,
+                    rsync_only=rsync_only,
+                )
+                assert result.returncode == 0, result.describe()
+                warnings = unexpected_lines(result.stderr, EXPECTED_STDERR)
+                assert warnings == [], "rpki-client warned:\n" + "\n".join(warnings)
+                if not rsync_only:
+                    fetch = "downloading snapshot" if step == 0 else "downloading 1 deltas"
+                    assert f"rpki-client: {notify}: {fetch}" in result.stderr, result.describe()
+                got = set((result.outdir / "csv").read_text().splitlines()[1:])
+                assert got == _rows(testbed), result.describe()
+            for name, rsync_only in (("fort", False), ("fort", True), ("octorpki", False)):
+                runner = run_fort if name == "fort" else run_octorpki
+                result = runner(
+                    root / f"ours-{name}-{'rsync' if rsync_only else 'rrdp'}",
+                    testbed / "ta.tal",
+                    binary=require_peer(name),
+                    trust=tls.ca_cert,
+                    hosts=hosts,
+                    rsync_only=rsync_only,
+                )
+                assert result.returncode == 0, result.describe()
+                if name == "fort":
+                    complaints = fort_complaints(result)
+                else:
+                    complaints = [
+                        f"{lvl}: {msg}"
+                        for lvl, msg in octorpki_log(result)
+                        if lvl != "info" and msg != OCTORPKI_UNKNOWN_TYPE
+                    ]
+                assert complaints == [], f"{name} complained: {complaints}\n{result.describe()}"
+                got_vrps, want = result.vrps(), want_vrps(testbed)
+                assert got_vrps == want, f"{name}: {want - got_vrps} / {got_vrps - want}"
+
+        check(0)
+        run_rpkirepo("testbed", "advance", str(testbed))
+        publish_and_sync()
+        # Both servers pick the new revision up by polling (serve: the notification, every
+        # 0.2 s here; the rsync daemon: `current`, every rsync_revision_poll seconds).
+        want = {
+            p.relative_to(testbed / "repository").as_posix()
+            for p in (testbed / "repository").rglob("*")
+            if p.is_file()
+        }
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            listing = subprocess.run(
+                [
+                    require_peer("rsync"),
+                    "-r",
+                    "--list-only",
+                    f"rsync://127.0.0.1:{rsync_port}/repo/",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout
+            served = {line.split()[-1] for line in listing.splitlines() if line.startswith("-")}
+            if served == want:
+                break
+            time.sleep(0.3)
+        assert served == want, "the rsync daemon did not switch to the new revision"
+        check(1)
