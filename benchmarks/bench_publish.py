@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import child_rss
+
 REPO = Path(__file__).resolve().parents[1]
 RSYNC_BASE = "rsync://rpki.example.net/repo/"
 HTTPS_BASE = "https://rrdp.example.net/rrdp/"
@@ -77,26 +79,18 @@ def raw_create_rate(target: Path, sizes: list[int], payload: bytes) -> float:
 
 
 def run_cli(src: Path, work: Path, grace: str = "2h") -> dict[str, Any]:
-    """One CLI run in a child process: wall seconds, peak RSS (wait4), stage seconds."""
-    cmd = [
-        sys.executable, "-m", "rpkirepo", "-q", "publish", str(src),
-        "--rsync-base", RSYNC_BASE, "--https-base", HTTPS_BASE,
-        "--state-dir", str(work / "state"), "--rrdp-dir", str(work / "rrdp"),
-        "--rsync-dir", str(work / "rsync"), "--cleanup-after", grace,
-        "--no-progress", "--json",
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    out = work / "cli.json"
-    with open(out, "wb") as stdout:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, stdout=stdout)
-        _pid, status, usage = os.wait4(proc.pid, 0)
-        elapsed = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        sys.exit(f"publish failed with {proc.returncode}")
-    stages = json.loads(out.read_text())["stage_seconds"]
-    return {"seconds": elapsed, "peak_rss_mb": usage.ru_maxrss / 1024, "stages": stages}
+    """One CLI run in a child process: wall seconds, its own peak RSS, stage seconds."""
+    proc, elapsed, peak = child_rss.run_cli(
+        [
+            "-q", "publish", str(src),
+            "--rsync-base", RSYNC_BASE, "--https-base", HTTPS_BASE,
+            "--state-dir", str(work / "state"), "--rrdp-dir", str(work / "rrdp"),
+            "--rsync-dir", str(work / "rsync"), "--cleanup-after", grace,
+            "--no-progress", "--json",
+        ]
+    )  # fmt: skip
+    stages = json.loads(proc.stdout)["stage_seconds"]
+    return {"seconds": elapsed, "peak_rss_mb": peak, "stages": stages}
 
 
 def change(src: Path, names: list[str], k: int, pool: list[bytes], rng: random.Random) -> None:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 from xml.parsers import expat
 
+import child_rss
 from bench_publish import corpus_objects, raw_create_rate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -190,39 +191,19 @@ def raw_copy_seconds(snapshot: Path, target: Path) -> float:
     return elapsed
 
 
-#: Runs the CLI and prints the process's own peak RSS (VmHWM, KiB) on its last stderr line.
-#: Not wait4's ru_maxrss: Linux carries that across fork+exec, so a child would report at least
-#: this benchmark's own size (it holds the whole upstream repository in memory).
-_WRAP = (
-    "import sys\n"
-    "from rpkirepo.cli import main\n"
-    "try:\n"
-    "    code = main(sys.argv[1:])\n"
-    "finally:\n"
-    "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
-    "    print('VmHWM', hwm, file=sys.stderr)\n"
-    "sys.exit(code)\n"
-)
-
-
 def run_sync(upstream: Path, mirror: Path) -> dict[str, Any]:
-    argv = [
-        sys.executable, "-c", _WRAP, "-q", "sync", HTTPS_BASE + "notification.xml",
-        "--source-uri-base", str(upstream), "--state-dir", str(mirror), "--json",
-        "--cleanup-after", "0", "--source-link",
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    t0 = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, env=env, check=False)
-    elapsed = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.exit(f"sync failed: {proc.stderr.decode()}")
+    proc, elapsed, peak = child_rss.run_cli(
+        [
+            "-q", "sync", HTTPS_BASE + "notification.xml",
+            "--source-uri-base", str(upstream), "--state-dir", str(mirror), "--json",
+            "--cleanup-after", "0", "--source-link",
+        ]
+    )  # fmt: skip
     summary = json.loads(proc.stdout)
-    hwm_kib = int(proc.stderr.decode().strip().splitlines()[-1].split()[1])
     return {
         "seconds": round(elapsed, 3),
         "in_process_seconds": summary["seconds"],
-        "peak_rss_mb": round(hwm_kib / 1024, 1),
+        "peak_rss_mb": round(peak, 1),
         "outcome": summary["outcome"],
         "stage_seconds": summary["stage_seconds"],
     }
