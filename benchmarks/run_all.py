@@ -20,6 +20,7 @@ BENCHMARKS = [
     ("rrdp_parse", ["bench_rrdp_parse.py", "--size-mb", "1024", "--json"]),
     ("objects", ["bench_objects.py", "--json"]),
     ("publish", ["bench_publish.py", "--sizes", "1000,100000", "--json"]),
+    ("sync", ["bench_sync.py", "--sizes", "10000,100000", "--json"]),
     ("serve", ["bench_serve.py", "--json"]),
     ("rsyncd", ["bench_rsyncd.py", "--files", "20000", "--clients", "20", "--json"]),
 ]
