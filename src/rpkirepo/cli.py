@@ -11,12 +11,11 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from rpkirepo import __version__
-from rpkirepo.config import Config, load_config, parse_duration
+from rpkirepo.config import Config, load_config, parse_duration, pick_setting
 from rpkirepo.errors import ConfigError, Reason, RpkiRepoError
 from rpkirepo.limits import Limits
 from rpkirepo.log import setup_logging
@@ -394,17 +393,6 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
         os.waitpid(pid, 0)
 
 
-def _pick(
-    args: argparse.Namespace, table: Mapping[str, Any], name: str, default: Any = None
-) -> Any:
-    value = getattr(args, name, None)
-    if value is not None:
-        return value
-    if name in table:
-        return table[name]
-    return default
-
-
 def cmd_publish(args: argparse.Namespace, config: Config) -> int:
     from rpkirepo.publish import PublishOptions, publish
 
@@ -412,9 +400,9 @@ def cmd_publish(args: argparse.Namespace, config: Config) -> int:
     for key in table:
         if key not in PUBLISH_KEYS:
             raise ConfigError(Reason.CONFIG_UNKNOWN_KEY, "unknown key in [publish]", key=key)
-    source = _pick(args, table, "source_dir")
-    rsync_base = _pick(args, table, "rsync_base")
-    https_base = _pick(args, table, "https_base")
+    source = pick_setting(args, table, "source_dir")
+    rsync_base = pick_setting(args, table, "rsync_base")
+    https_base = pick_setting(args, table, "https_base")
     missing = [
         n
         for n, v in (
@@ -426,23 +414,23 @@ def cmd_publish(args: argparse.Namespace, config: Config) -> int:
     ]
     if missing:
         raise ConfigError(Reason.USAGE, "missing: " + ", ".join(missing))
-    state_dir = Path(_pick(args, table, "state_dir", "/var/lib/rpkirepo"))
+    state_dir = Path(pick_setting(args, table, "state_dir", "/var/lib/rpkirepo"))
     opts = PublishOptions(
         source_dir=Path(source),
         rsync_base=RsyncUri.parse(str(rsync_base), max_length=config.limits.max_uri_length),
         https_base=HttpsUri.parse(str(https_base), max_length=config.limits.max_uri_length),
         state_dir=state_dir,
-        rrdp_dir=Path(_pick(args, table, "rrdp_dir", state_dir / "rrdp")),
-        rsync_dir=Path(_pick(args, table, "rsync_dir", state_dir / "rsync")),
-        grace=float(_pick(args, table, "cleanup_after", 7200.0)),
-        delta_max_count=int(_pick(args, table, "rrdp_max_deltas", 100)),
-        delta_max_age=float(_pick(args, table, "rrdp_max_delta_age", 86400.0)),
-        gzip_level=int(_pick(args, table, "gzip_level", 3)),
-        skip_invalid=bool(_pick(args, table, "skip_invalid", False)),
-        rsync_include_host=bool(_pick(args, table, "rsync_include_host", False)),
-        rsync_max_revisions=int(_pick(args, table, "rsync_max_revisions", 200)),
-        max_shrink=float(_pick(args, table, "max_shrink", 0.5)),
-        force=bool(_pick(args, table, "force", False)),
+        rrdp_dir=Path(pick_setting(args, table, "rrdp_dir", state_dir / "rrdp")),
+        rsync_dir=Path(pick_setting(args, table, "rsync_dir", state_dir / "rsync")),
+        grace=float(pick_setting(args, table, "cleanup_after", 7200.0)),
+        delta_max_count=int(pick_setting(args, table, "rrdp_max_deltas", 100)),
+        delta_max_age=float(pick_setting(args, table, "rrdp_max_delta_age", 86400.0)),
+        gzip_level=int(pick_setting(args, table, "gzip_level", 3)),
+        skip_invalid=bool(pick_setting(args, table, "skip_invalid", False)),
+        rsync_include_host=bool(pick_setting(args, table, "rsync_include_host", False)),
+        rsync_max_revisions=int(pick_setting(args, table, "rsync_max_revisions", 200)),
+        max_shrink=float(pick_setting(args, table, "max_shrink", 0.5)),
+        force=bool(pick_setting(args, table, "force", False)),
         limits=config.limits,
     )
     if not opts.rsync_base.is_directory or not opts.https_base.is_directory:
@@ -490,7 +478,7 @@ def cmd_publish(args: argparse.Namespace, config: Config) -> int:
             f"snapshot {result.snapshot_size} bytes, {elapsed:.2f}s\n"
             f"  notification: {result.notification}\n  rsync tree:   {result.current_tree}"
         )
-    metrics_file = _pick(args, table, "metrics_file")
+    metrics_file = pick_setting(args, table, "metrics_file")
     if metrics_file is not None:
         labels = {"rsync_base": opts.rsync_base.uri}
         metrics: list[Metric] = [

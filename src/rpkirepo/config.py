@@ -34,7 +34,7 @@ from typing import Any
 from rpkirepo.errors import ConfigError, Reason
 from rpkirepo.limits import DEFAULT_LIMITS, Limits
 
-__all__ = ["Config", "load_config", "parse_duration"]
+__all__ = ["Config", "load_config", "parse_duration", "pick_setting"]
 
 KNOWN_TABLES = frozenset({"log", "limits", "publish", "serve", "sync"})
 
@@ -81,3 +81,15 @@ def parse_duration(text: str) -> float:
         return float(t)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 7200, 2h, 30m)") from exc
+
+
+def pick_setting(
+    args: argparse.Namespace, table: Mapping[str, Any], name: str, default: Any = None
+) -> Any:
+    """A command's setting: its flag when given, else the config table's key, else ``default``."""
+    value = getattr(args, name, None)
+    if value is not None:
+        return value
+    if name in table:
+        return table[name]
+    return default

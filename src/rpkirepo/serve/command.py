@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from rpkirepo.config import Config
+from rpkirepo.config import Config, parse_duration, pick_setting
 from rpkirepo.errors import ConfigError, Reason
 
 __all__ = ["EPILOG", "SERVE_KEYS", "add_arguments", "parse_address", "run"]
@@ -87,17 +86,6 @@ def parse_address(text: str) -> tuple[str, int]:
     return (m["v6"] or m["host"], port)
 
 
-def _duration(text: str) -> float:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    t = text.strip()
-    try:
-        if t and t[-1] in units:
-            return float(t[:-1]) * units[t[-1]]
-        return float(t)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 7200, 2h, 30m)") from exc
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``rpkirepo serve`` (all optional here: the [serve] table may give them)."""
     parser.description = (
@@ -125,7 +113,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--grace",
-        type=_duration,
+        type=parse_duration,
         help="serve files the notification dropped for this long (default 2h)",
     )
     parser.add_argument("--access-log", metavar="FILE|-", help="write an access log (- : stdout)")
@@ -139,20 +127,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--poll-interval",
-        type=_duration,
+        type=parse_duration,
         help="how often the notification's stat is checked (default 1s)",
     )
-
-
-def _pick(
-    args: argparse.Namespace, table: Mapping[str, Any], name: str, default: Any = None
-) -> Any:
-    value = getattr(args, name, None)
-    if value is not None:
-        return value
-    if name in table:
-        return table[name]
-    return default
 
 
 def build_options(args: argparse.Namespace, config: Config) -> Any:
@@ -162,26 +139,26 @@ def build_options(args: argparse.Namespace, config: Config) -> Any:
     for key in table:
         if key not in SERVE_KEYS:
             raise ConfigError(Reason.CONFIG_UNKNOWN_KEY, "unknown key in [serve]", key=key)
-    rrdp_dir = _pick(args, table, "rrdp_dir")
+    rrdp_dir = pick_setting(args, table, "rrdp_dir")
     if rrdp_dir is None:
         raise ConfigError(Reason.USAGE, "serve needs --rrdp-dir (or rrdp_dir in [serve])")
-    listen_raw = _pick(args, table, "listen")
+    listen_raw = pick_setting(args, table, "listen")
     if listen_raw is None:
         raise ConfigError(Reason.USAGE, "serve needs --listen ADDR:PORT (or listen in [serve])")
     if isinstance(listen_raw, str):
         listen_raw = [listen_raw]
     if not isinstance(listen_raw, list) or not all(isinstance(x, str) for x in listen_raw):
         raise ConfigError(Reason.CONFIG_INVALID, "[serve] listen is a string or a list of them")
-    metrics = _pick(args, table, "metrics_listen")
-    tls_cert = _pick(args, table, "tls_cert")
-    tls_key = _pick(args, table, "tls_key")
+    metrics = pick_setting(args, table, "metrics_listen")
+    tls_cert = pick_setting(args, table, "tls_cert")
+    tls_key = pick_setting(args, table, "tls_key")
     try:
-        workers = int(_pick(args, table, "workers", 1))
-        grace = float(_pick(args, table, "grace", 7200.0))
-        poll = float(_pick(args, table, "poll_interval", 1.0))
+        workers = int(pick_setting(args, table, "workers", 1))
+        grace = float(pick_setting(args, table, "grace", 7200.0))
+        poll = float(pick_setting(args, table, "poll_interval", 1.0))
     except (TypeError, ValueError) as exc:
         raise ConfigError(Reason.CONFIG_INVALID, f"bad number in [serve]: {exc}") from exc
-    access_log = _pick(args, table, "access_log")
+    access_log = pick_setting(args, table, "access_log")
     return ServeOptions(
         rrdp_dir=Path(rrdp_dir),
         listen=tuple(parse_address(x) for x in listen_raw),
@@ -191,9 +168,9 @@ def build_options(args: argparse.Namespace, config: Config) -> Any:
         metrics_listen=None if metrics is None else parse_address(str(metrics)),
         grace=grace,
         access_log=None if access_log is None else str(access_log),
-        access_log_format=str(_pick(args, table, "access_log_format", "clf")),
+        access_log_format=str(pick_setting(args, table, "access_log_format", "clf")),
         poll_interval=poll,
-        event_loop=str(_pick(args, table, "event_loop", "auto")),
+        event_loop=str(pick_setting(args, table, "event_loop", "auto")),
         limits=config.limits,
     )
 
