@@ -4,14 +4,16 @@ Everything is local and made on the spot: ``rpkirepo testbed`` generates a trust
 CA tree with ROAs, ASPAs and Ghostbusters records, and the VRPs a relying party must find in it;
 ``rpkirepo publish`` turns it into an RRDP repository and an rsync tree under ``demo-out/``;
 ``rpkirepo sync`` mirrors that to a public node's directories and follows a change by one delta;
-``rpkirepo serve`` serves the mirror on loopback and a second node syncs from it over HTTP.
-Nothing leaves the machine.  (Serving and fetching join the demo as `serve` and `fetch`
+``rpkirepo serve`` serves the mirror on loopback and a second node syncs from it over HTTP; when
+rpki-client is installed it validates the mirror over rsync through our rsync daemon.  Nothing
+leaves the machine.  (Serving and fetching join the demo as `serve` and `fetch`
 land; `make test` already runs rpki-client against exactly this kind of output.)
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -29,7 +31,6 @@ from rpkirepo.sync.upstream import DirUpstream, HttpUpstream
 from rpkirepo.testbed import TestbedOptions, advance, generate
 from rpkirepo.uri import HttpsUri, RsyncUri
 
-RSYNC_BASE = "rsync://localhost/repo/"
 HTTPS_BASE = "https://localhost:3000/rrdp/"
 
 
@@ -97,8 +98,67 @@ def _serve_and_fetch_back(out: Path, rrdp_dir: Path) -> dict[str, object]:
     }
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rpki_client(out: Path, tal: Path, rsync_dir: Path, port: int, expected: Path) -> str:
+    """When rpki-client is installed: validate the mirror over rsync (-R) from our rsync daemon
+    (`rpkirepo serve --rsync-listen`), and compare its VRPs with the testbed's."""
+    binary = shutil.which("rpki-client") or shutil.which("rpki-client", path="/usr/sbin")
+    if binary is None:
+        return "rpki-client is not installed: skipped (make test runs it as root)"
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "rpkirepo", "-q", "serve", "--rsync-listen",
+         f"127.0.0.1:{port}", "--module", f"repo={rsync_dir}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if daemon.poll() is not None or time.monotonic() > deadline:
+                    return "the rsync daemon did not start: skipped"
+                time.sleep(0.1)
+        work = out / "rpki-client"
+        cache, outdir = work / "cache", work / "out"
+        for d in (cache, outdir):
+            d.mkdir(parents=True, exist_ok=True)
+            if os.geteuid() == 0:  # rpki-client drops privileges to _rpki-client
+                try:
+                    pw = pwd.getpwnam("_rpki-client")
+                except KeyError:
+                    return "user _rpki-client missing: skipped"
+                os.chown(d, pw.pw_uid, pw.pw_gid)
+        argv = [binary, "-R", "-t", str(tal), "-d", str(cache), "-s", "30", "-c", str(outdir)]
+        started = time.monotonic()
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=90, check=False)
+        took = time.monotonic() - started
+        csv = outdir / "csv"
+        if done.returncode != 0 or not csv.exists():
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            return f"rpki-client could not run here ({last}): skipped"
+        got = set(csv.read_text().splitlines()[1:])
+        want = set(expected.read_text().splitlines()[1:])
+        return (
+            f"rpki-client -R, from the mirror through rpkirepo's rsync daemon: {len(got)} VRPs "
+            f"in {took:.1f} s, exactly the testbed's expected VRPs: {got == want}"
+        )
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=10)
+
+
 def main() -> int:
     out = Path("demo-out").resolve()
+    rsync_port = _free_port()
+    RSYNC_BASE = f"rsync://localhost:{rsync_port}/repo/"  # noqa: N806 - the demo's one base
     shutil.rmtree(out, ignore_errors=True)
     try:
         started = time.monotonic()
@@ -180,6 +240,12 @@ def main() -> int:
             f"serial {served['serial']}, {served['objects']} objects, {served['bytes']} bytes "
             f"fetched; then {served['again']} (one conditional request). Its tree is identical: "
             f"{_files(out / 'node2' / 'rsync' / 'current') == _files(opts.rsync_dir / 'current')}"
+        )
+        print(
+            "\n7. "
+            + _rpki_client(
+                out, tb.tal, mirror.rsync_dir, rsync_port, tb.out_dir / "expected-vrps.csv"
+            )
         )
         print(
             "\nServe it for real: rpkirepo serve --rrdp-dir demo-out/rrdp --listen ADDR:443 "
