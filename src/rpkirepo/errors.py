@@ -153,7 +153,6 @@ class Reason(StrEnum):
     HTTP_REDIRECT = "http-redirect-refused"
     HTTP_TOO_MANY_REDIRECTS = "http-too-many-redirects"
     SYNC_URI_OUTSIDE_BASE = "sync-uri-outside-base"
-    SYNC_DELTA_MISMATCH = "sync-delta-mismatch"
     SYNC_SHRINK = "sync-shrink-refused"
     SYNC_RSYNC_MODULE = "sync-rsync-module-mismatch"
     SYNC_FILE_CHANGED = "sync-file-changed-upstream"

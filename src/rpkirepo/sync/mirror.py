@@ -733,9 +733,10 @@ class _Run:
                     have = bytes(row[0]) if row is not None else None
                     if isinstance(ev, WithdrawElement):
                         if have is None or have != ev.hash.digest:
+                            # rrdp-checklist (b)15, (c)22: RFC 8182 §3.4.2.
                             raise _DeltaMismatch(
                                 IntegrityError(
-                                    Reason.SYNC_DELTA_MISMATCH,
+                                    Reason.OBJECT_MISSING if have is None else Reason.HASH_MISMATCH,
                                     "withdraw of an object we do not hold with that hash",
                                     uri=ev.uri.uri,
                                     serial=serial,
@@ -749,9 +750,17 @@ class _Run:
                         return
                     expected = ev.hash.digest if ev.hash is not None else None
                     if have != expected:
+                        # (b)15-16, (c)22-23: a replace of what we lack or with the wrong hash, or
+                        # a new object over one we hold.
+                        if expected is None:
+                            reason = Reason.OBJECT_ALREADY_PRESENT
+                        elif have is None:
+                            reason = Reason.OBJECT_MISSING
+                        else:
+                            reason = Reason.HASH_MISMATCH
                         raise _DeltaMismatch(
                             IntegrityError(
-                                Reason.SYNC_DELTA_MISMATCH,
+                                reason,
                                 "publish does not match the object we hold",
                                 uri=ev.uri.uri,
                                 serial=serial,
