@@ -205,6 +205,8 @@ class _Run:
         self.fetched = 0
         self.deadline = time.monotonic() + opts.limits.sync_run_deadline
         self.staged: list[_Staged] = []
+        #: Objects added, modified and removed by the run (set by the apply step).
+        self.stats = {"added": 0, "modified": 0, "removed": 0}
         #: Files upstream rewrote under a name we serve: never replaced, never listed again.
         self.changed_names: set[str] = set()
         #: The rsync module every object must belong to (cached from the state).
@@ -640,7 +642,7 @@ class _Run:
         """Move verified files to their public paths (still unreferenced: invisible)."""
         for s in self.staged:
             final = self.o.rrdp_dir / s.rel
-            if not _same_content(final, s.tmp, s.sha256):
+            if not _may_place(final, s.tmp, s.sha256):
                 # Still on disk in its grace period, so clients may fetch it: never replaced.
                 raise RemoteProtocolError(
                     Reason.SYNC_FILE_CHANGED,
@@ -937,7 +939,7 @@ class _Run:
                 if total >= snap_size:
                     break
                 on_disk = self.o.rrdp_dir / rel
-                if on_disk.exists() and not _same_content(on_disk, on_disk, ref.hash, force=True):
+                if on_disk.exists() and not _has_hash(on_disk, ref.hash):
                     # An older file of that name is still served (grace): never replaced.
                     log.warning(
                         "delta %d not listed: its name holds other content",
@@ -978,10 +980,9 @@ class _Run:
         collect_garbage(state, self.o.rrdp_dir, self.revisions, self.now - self.o.cleanup_after)
 
 
-def _same_content(existing: Path, staged: Path, digest: Sha256, *, force: bool = False) -> bool:
-    """True when nothing is at ``existing``, or it is the staged file (same inode) or has the
-    same SHA-256 (read only in this rare case: a name upstream reused).  ``force``: always
-    compare the hash."""
+def _may_place(existing: Path, staged: Path, digest: Sha256) -> bool:
+    """True when nothing is at ``existing``, or it is the staged file itself (a hard link to the
+    same inode), or holds the same bytes: placing the staged file there changes nothing."""
     try:
         st = os.lstat(existing)
     except FileNotFoundError:
@@ -990,12 +991,22 @@ def _same_content(existing: Path, staged: Path, digest: Sha256, *, force: bool =
         return False
     if not stat.S_ISREG(st.st_mode):
         return False
-    if not force and st.st_ino == os.stat(staged).st_ino and st.st_dev == os.stat(staged).st_dev:
+    here = os.stat(staged)
+    if (st.st_ino, st.st_dev) == (here.st_ino, here.st_dev):
         return True
+    return _has_hash(existing, digest)
+
+
+def _has_hash(path: Path, digest: Sha256) -> bool:
+    """Whether the regular file at ``path`` has this SHA-256 (read only when a name upstream
+    reused is still on disk: rare)."""
     h = hashlib.sha256()
-    with open(existing, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except OSError:
+        return False
     return h.digest() == digest.digest
 
 
@@ -1209,7 +1220,7 @@ def _sync_locked(run: _Run, state: State) -> SyncResult:
     run.lap("gc")
     _record_attempt(state, run, None)
     objects = state.connection.execute("SELECT COUNT(*) FROM objects").fetchone()[0]
-    stats = getattr(run, "stats", {"added": 0, "modified": 0, "removed": 0})
+    stats = run.stats
     log.info(
         "synced to serial %d by %s: +%d ~%d -%d objects, %d deltas listed",
         notification.serial,
