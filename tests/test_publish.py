@@ -54,8 +54,7 @@ class Env:
         return publish(replace(self.opts, **changes) if changes else self.opts)
 
 
-@pytest.fixture
-def corpus_objects(corpus_dir: Path) -> list[bytes]:
+def load_corpus_objects(corpus_dir: Path) -> list[bytes]:
     """Real objects of several types to use as file contents."""
     files = sorted((corpus_dir / "objects").rglob("*"))
     out = [p.read_bytes() for p in files if p.suffix in EXTENSIONS and p.stat().st_size > 200]
@@ -63,8 +62,8 @@ def corpus_objects(corpus_dir: Path) -> list[bytes]:
     return out
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Env:
+def make_env(tmp_path: Path) -> Env:
+    """A source directory and publish options on a settable clock, grace 1 h."""
     clock = Clock()
     opts = PublishOptions(
         source_dir=tmp_path / "src",
@@ -79,6 +78,16 @@ def env(tmp_path: Path) -> Env:
     )
     (tmp_path / "src").mkdir()
     return Env(tmp_path, clock, opts)
+
+
+@pytest.fixture
+def corpus_objects(corpus_dir: Path) -> list[bytes]:
+    return load_corpus_objects(corpus_dir)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    return make_env(tmp_path)
 
 
 def write_source(src: Path, files: dict[str, bytes]) -> None:

@@ -19,19 +19,18 @@ from pathlib import Path
 import pytest
 
 from rpkirepo.errors import InputError, Reason
-from rpkirepo.publish import PublishOptions, publish
+from rpkirepo.publish import publish
 from rpkirepo.rrdp.model import NotificationFile, PublishElement, WithdrawElement
 from rpkirepo.rrdp.parser import parse_notification
-from rpkirepo.uri import HttpsUri, RsyncUri
+from rpkirepo.uri import RsyncUri
 from test_publish import (
-    EXTENSIONS,
-    HTTPS_BASE,
     RSYNC_BASE,
-    Clock,
     Env,
     check_published,
     check_tree,
+    load_corpus_objects,
     local_path,
+    make_env,
     random_files,
     read_rrdp_file,
     write_source,
@@ -40,28 +39,12 @@ from test_publish import (
 
 @pytest.fixture
 def corpus_objects(corpus_dir: Path) -> list[bytes]:
-    files = sorted((corpus_dir / "objects").rglob("*"))
-    out = [p.read_bytes() for p in files if p.suffix in EXTENSIONS and p.stat().st_size > 200]
-    assert len(out) > 100
-    return out
+    return load_corpus_objects(corpus_dir)
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> Env:
-    clock = Clock()
-    opts = PublishOptions(
-        source_dir=tmp_path / "src",
-        rsync_base=RsyncUri(RSYNC_BASE),
-        https_base=HttpsUri(HTTPS_BASE),
-        rrdp_dir=tmp_path / "out" / "rrdp",
-        rsync_dir=tmp_path / "out" / "rsync",
-        state_dir=tmp_path / "state",
-        grace=3600,
-        clock=clock,
-        workers=2,
-    )
-    (tmp_path / "src").mkdir()
-    return Env(tmp_path, clock, opts)
+    return make_env(tmp_path)
 
 
 def notification(env: Env) -> NotificationFile:
