@@ -1466,18 +1466,31 @@ def serve_testbed(
         "--state-dir", str(out / "state"), "--rrdp-dir", str(out / "rrdp"),
         "--rsync-dir", str(out / "rsync"),
     )  # fmt: skip
+    with serve_repository(
+        root, out / "rrdp", out / "rsync", testbed / "ta.cer", https_port, rsync_port
+    ) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def serve_repository(
+    root: Path, rrdp_dir: Path, rsync_dir: Path, ta_cer: Path, https_port: int, rsync_port: int
+) -> Iterator[Served]:
+    """Serve an RRDP directory at /rrdp/ and the TA certificate at /ta/ta.cer with nginx over TLS
+    (a throwaway CA in ROOT/tls, for the name localhost), and ``RSYNC_DIR/current`` as rsync
+    module ``repo``, until the block ends."""
     tls = make_tls_ca(root / "tls", names=("localhost",))
     with (
         nginx_tls(
             root / "nginx",
             tls,
-            {"/rrdp/": out / "rrdp", "/ta/ta.cer": testbed / "ta.cer"},
+            {"/rrdp/": rrdp_dir, "/ta/ta.cer": ta_cer},
             port=https_port,
             binary=shutil.which("nginx") or "/usr/sbin/nginx",
         ) as nginx,
         rsync_daemon(
             root / "rsyncd",
-            {"repo": out / "rsync" / "current"},
+            {"repo": rsync_dir / "current"},
             port=rsync_port,
             binary=shutil.which("rsync") or "rsync",
         ) as rsync,

@@ -26,16 +26,15 @@ from conftest import require_peer
 from peers import (
     free_port,
     make_tls_ca,
-    nginx_tls,
     peer_scratch,
     public_dir,
     rpkirepo_rsyncd,
     rpkirepo_serve,
-    rsync_daemon,
     run_fort,
     run_octorpki,
     run_rpki_client,
     run_rpkirepo,
+    serve_repository,
     unexpected_lines,
 )
 from test_rps_peer import OCTORPKI_UNKNOWN_TYPE, fort_complaints, octorpki_log, want_vrps
@@ -100,22 +99,10 @@ def test_rpki_client_validates_through_the_mirror(root: Path) -> None:
 
     first = publish_and_sync()
     assert first["outcome"] == "snapshot"
-    tls = make_tls_ca(root / "tls", names=("localhost",))
-    with (
-        nginx_tls(
-            root / "nginx",
-            tls,
-            {"/rrdp/": mirror / "rrdp", "/ta/ta.cer": testbed / "ta.cer"},
-            port=https_port,
-            binary=require_peer("nginx"),
-        ) as nginx,
-        rsync_daemon(
-            root / "rsyncd",
-            {"repo": mirror / "rsync" / "current"},
-            port=rsync_port,
-            binary=require_peer("rsync"),
-        ) as rsyncd,
-    ):
+    with serve_repository(
+        root, mirror / "rrdp", mirror / "rsync", testbed / "ta.cer", https_port, rsync_port
+    ) as served:
+        nginx, rsyncd, tls = served.nginx, served.rsync, served.tls
 
         def validate(fetch: str | None) -> list[str]:
             mark, rsync_mark = nginx.mark(), rsyncd.mark()

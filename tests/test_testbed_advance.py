@@ -28,13 +28,11 @@ from peers import (
     expected_vrps,
     free_port,
     ipv6_loopback_available,
-    make_tls_ca,
-    nginx_tls,
     peer_scratch,
     public_dir,
-    rsync_daemon,
     run_rpki_client,
     run_rpkirepo,
+    serve_repository,
     unexpected_lines,
 )
 from rpkirepo.errors import ConfigError, Reason, StorageError
@@ -446,22 +444,10 @@ def test_rpki_client_follows_the_advance_by_one_delta(peer_root: Path) -> None:
         )  # fmt: skip
 
     publish()
-    tls = make_tls_ca(peer_root / "tls", names=("localhost",))
-    with (
-        nginx_tls(
-            peer_root / "nginx",
-            tls,
-            {"/rrdp/": out / "rrdp", "/ta/ta.cer": testbed / "ta.cer"},
-            port=https_port,
-            binary=require_peer("nginx"),
-        ) as nginx,
-        rsync_daemon(
-            peer_root / "rsyncd",
-            {"repo": out / "rsync" / "current"},
-            port=rsync_port,
-            binary=require_peer("rsync"),
-        ) as rsyncd,
-    ):
+    with serve_repository(
+        peer_root, out / "rrdp", out / "rsync", testbed / "ta.cer", https_port, rsync_port
+    ) as served:
+        nginx, rsyncd, tls = served.nginx, served.rsync, served.tls
 
         def validate(fetch: str | None) -> list[str]:
             """rpki-client over RRDP (``fetch``: what it must say it downloads) or, for None,
