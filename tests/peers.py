@@ -768,6 +768,25 @@ def rpki_client_supports_epoch(binary: str) -> bool:
     return re.search(r"\[-P\s", usage) is not None
 
 
+def remove_stale_faketime_shm(shm: Path = Path("/dev/shm")) -> int:
+    """Remove the semaphores and shared memory that libfaketime left behind for processes that
+    have exited (it names them after the creating pid and never removes them).
+
+    Once pids wrap, a new faked process (rpki-client's rsync child, after it dropped privileges)
+    may get the pid of a dead root process whose 0600 semaphore is still there: libfaketime then
+    fails with "sem_open failed ... Permission denied" and the child's fetch fails.  Only names
+    of pids with no live process are removed; returns how many files went."""
+    removed = 0
+    for prefix in ("sem.faketime_sem_", "faketime_shm_"):
+        for path in shm.glob(prefix + "*"):
+            pid = path.name[len(prefix) :]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    removed += 1
+    return removed
+
+
 def libfaketime_path() -> Path | None:
     """The libfaketime preload library (Debian packages faketime/libfaketime), if installed."""
     for pattern in (
@@ -879,6 +898,7 @@ def run_rpki_client(
                     "this rpki-client has no -P (evaluation time) and libfaketime is not "
                     "installed (Debian package faketime)"
                 )
+            remove_stale_faketime_shm()
             env.update(
                 LD_PRELOAD=str(lib),
                 FAKETIME="@" + when.strftime("%Y-%m-%d %H:%M:%S"),
