@@ -201,6 +201,31 @@ class Reason(StrEnum):
     RSYNC_IDLE_TIMEOUT = "rsync-idle-timeout"
     RSYNC_SESSION_TIMEOUT = "rsync-session-timeout"
 
+    # --- rsync client (rpkirepo fetch's native rsync; rsync-wire.md §8 "output safety") ---
+    RSYNC_CLIENT_CONNECT = "rsync-client-connect-failed"
+    RSYNC_CLIENT_SERVER_ERROR = "rsync-client-server-error"
+    RSYNC_CLIENT_PROTOCOL = "rsync-client-protocol"
+    RSYNC_CLIENT_BAD_NAME = "rsync-client-bad-name"
+    RSYNC_CLIENT_TIMEOUT = "rsync-client-timeout"
+    RSYNC_CLIENT_CHECKSUM = "rsync-client-checksum-mismatch"
+    RSYNC_CLIENT_EXTERNAL = "rsync-client-external-failed"
+
+    # --- fetch (the relying-party side) ---
+    FETCH_TAL = "fetch-tal-malformed"
+    FETCH_TA_KEY_MISMATCH = "fetch-ta-key-mismatch"
+    FETCH_NO_REPOSITORY = "fetch-no-usable-repository"
+    FETCH_DEPTH = "fetch-depth-exceeded"
+    FETCH_TOO_MANY_REPOSITORIES = "fetch-too-many-repositories"
+    FETCH_TOO_MANY_CAS = "fetch-too-many-cas"
+    FETCH_RUN_DEADLINE = "fetch-run-deadline"
+    FETCH_REPOSITORY_DEADLINE = "fetch-repository-deadline"
+    FETCH_MODULE_CLAIMED = "fetch-module-claimed"
+    FETCH_MANIFEST_MISSING = "fetch-manifest-missing"
+    FETCH_MANIFEST_REPLAY = "fetch-manifest-replay"
+    FETCH_RRDP_FAILED = "fetch-rrdp-failed"
+    FETCH_RSYNC_FAILED = "fetch-rsync-failed"
+    FETCH_STALE = "fetch-using-last-good-copy"
+
 
 class RpkiRepoError(Exception):
     """Root of every error the toolkit raises on purpose.

@@ -197,6 +197,57 @@ class Limits:
     rsync_revision_poll: int = _limit(
         2, "Seconds between checks of a module's `current` symlink for a new revision."
     )
+    # --- rsync client (rpkirepo fetch's native rsync) ---
+    rsync_client_max_files: int = _limit(
+        5_000_000, "Most files and directories an rsync server may list for one module fetch."
+    )
+    rsync_client_max_bytes: int = _limit(
+        16 * 1024 * 1024 * 1024,
+        "Most bytes of file data one rsync module fetch may receive in total.",
+    )
+    rsync_client_max_path_length: int = _limit(
+        1023, "Longest file name (whole relative path) accepted from an rsync server (PATH_MAX)."
+    )
+    rsync_client_max_component_length: int = _limit(
+        255, "Longest path component accepted from an rsync server (NAME_MAX)."
+    )
+    rsync_client_max_depth: int = _limit(
+        32, "Deepest directory nesting accepted from an rsync server."
+    )
+    rsync_client_max_message_frame: int = _limit(
+        65536,
+        "Largest multiplexed non-data frame (INFO, ERROR, ...) accepted from an rsync server.",
+    )
+    rsync_client_connect_timeout: int = _limit(
+        15, "Seconds to connect to an rsync server (rpki-client: --contimeout=15)."
+    )
+    rsync_client_io_timeout: int = _limit(
+        30, "Seconds an rsync server may stay silent (rpki-client: --timeout=30)."
+    )
+    # --- fetch (the relying-party side; rrdp-checklist (b)24, (c)31-32) ---
+    max_repository_objects: int = _limit(
+        10_000_000,
+        "Most objects one repository (an RRDP snapshot, a mirrored or fetched store) may hold.",
+    )
+    fetch_max_depth: int = _limit(
+        32, "Deepest CA certificate chain `rpkirepo fetch` follows below a trust anchor (rt: 32)."
+    )
+    fetch_max_repositories: int = _limit(
+        1000, "Most repositories `rpkirepo fetch` visits per trust anchor (rpki-client: 1000)."
+    )
+    fetch_max_cas: int = _limit(
+        1_000_000, "Most CA certificates `rpkirepo fetch` follows in one run, all TALs together."
+    )
+    fetch_repository_deadline: int = _limit(
+        900,
+        "Seconds one repository may take in one fetch run, RRDP and rsync together "
+        "(fort: 900; Stalloris).",
+    )
+    fetch_run_deadline: int = _limit(
+        3600,
+        "Seconds one `rpkirepo fetch` run may take; repositories not done by then keep their "
+        "last good copy.",
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
