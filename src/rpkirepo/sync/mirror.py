@@ -54,6 +54,7 @@ from rpkirepo.errors import (
     ConfigError,
     InputError,
     IntegrityError,
+    LimitExceeded,
     LocalProtocolError,
     Reason,
     RemoteProtocolError,
@@ -96,7 +97,7 @@ from rpkirepo.rrdp.writer import notification_bytes
 from rpkirepo.sync.upstream import DirUpstream, Upstream, relative_to_base
 from rpkirepo.uri import HttpsUri, RsyncUri
 
-__all__ = ["STATE_DB", "SyncOptions", "SyncResult", "read_status", "sync_once"]
+__all__ = ["STATE_DB", "SyncOptions", "SyncResult", "adopt_tree", "read_status", "sync_once"]
 
 log = logging.getLogger("rpkirepo.sync")
 
@@ -142,19 +143,32 @@ class SyncOptions:
     #: filesystem instead of copying them (the upstream must never modify a published file in
     #: place, which publishers writing by rename never do).
     link_local: bool = False
+    #: False: keep the repository as an object store only (``rpkirepo fetch``): no RRDP files
+    #: are kept or served, no notification is written, the snapshot is never fetched when
+    #: deltas suffice, files may sit anywhere on the notification's origin (RFC 9674), object
+    #: paths include the host, and there is no shrink guard (a relying party follows its
+    #: repository).  The delta hashes upstream lists are still kept for the desync check.
+    rrdp_output: bool = True
     limits: Limits = DEFAULT_LIMITS
     clock: Callable[[], float] = field(default=time.time, compare=False)
     sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
 
     @property
     def public_base(self) -> HttpsUri:
+        """Where RRDP files may be: the notification's directory for a mirror (what we serve
+        must fit under our public base), its origin for a store (RFC 9674)."""
         text = self.notification_uri.uri
-        return HttpsUri(text[: text.rfind("/") + 1])
+        cut = text.find("/", len("https://")) if not self.rrdp_output else text.rfind("/")
+        return HttpsUri(text[: cut + 1])
 
     @property
     def notification_name(self) -> str:
         text = self.notification_uri.uri
-        return text[text.rfind("/") + 1 :]
+        return text[len(self.public_base.uri) :]
+
+    @property
+    def include_host(self) -> bool:
+        return self.rsync_include_host or not self.rrdp_output
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +235,7 @@ class _Run:
 
     def key(self, uri: RsyncUri, state: State) -> str:
         """The object's path in the rsync tree and in the state."""
-        if self.o.rsync_include_host:
+        if self.o.include_host:
             host = uri.host if uri.port is None else f"{uri.host}:{uri.port}"
             return f"{host}/{uri.module}/{uri.path}"
         module = f"rsync://{uri.host}{'' if uri.port is None else f':{uri.port}'}/{uri.module}/"
@@ -267,7 +281,7 @@ class _Run:
         if owner is None:
             state.begin()
             state.set("notification_uri", self.o.notification_uri.uri)
-            state.set("include_host", int(self.o.rsync_include_host))
+            state.set("include_host", int(self.o.include_host))
             state.commit()
         elif owner != self.o.notification_uri.uri:
             state.close()
@@ -277,11 +291,11 @@ class _Run:
                 state_dir=str(self.o.state_dir),
                 repository=owner,
             )
-        elif state.get("include_host") != str(int(self.o.rsync_include_host)):
+        elif state.get("include_host") != str(int(self.o.include_host)):
             # A layout change: every tree must be rebuilt from the snapshot.
             state.begin()
             self.forget_session(state)
-            state.set("include_host", int(self.o.rsync_include_host))
+            state.set("include_host", int(self.o.include_host))
             state.commit()
         return state
 
@@ -292,8 +306,9 @@ class _Run:
             state.set(key, "")
         for d in state.deltas():
             state.drop_delta(d.serial)
-            for rel in (d.path, d.path + ".gz"):
-                state.retire(rel, self.now)
+            if self.o.rrdp_output:
+                for rel in (d.path, d.path + ".gz"):
+                    state.retire(rel, self.now)
         snap = state.get("snapshot_path")
         if snap:
             state.retire(snap, self.now)
@@ -332,6 +347,8 @@ class _Run:
 
     def referenced(self, state: State) -> dict[str, int]:
         files: dict[str, int] = {}
+        if not self.o.rrdp_output:
+            return files  # a store keeps no RRDP files
         snap = state.get("snapshot_path")
         if snap:
             files[snap] = int(state.get("snapshot_size") or -1)
@@ -451,7 +468,9 @@ class _Run:
 
     def fetch_notification(self, state: State) -> tuple[NotificationFile | None, Validators]:
         validators: Validators | None = None
-        if self.session(state) is not None and self.notification_path.exists():
+        if self.session(state) is not None and (
+            self.notification_path.exists() or not self.o.rrdp_output
+        ):
             validators = Validators(state.get("etag") or None, state.get("last_modified") or None)
         with self.o.upstream.open(
             self.o.notification_name,
@@ -472,6 +491,19 @@ class _Run:
         sibling or a directory; a file we serve never changes under its name (RFC 9697)."""
         listed = [(notification.snapshot.uri, notification.snapshot.hash)]
         listed += [(d.uri, d.hash) for d in notification.deltas]
+        if not self.o.rrdp_output:
+            for uri, _digest in listed:
+                try:
+                    relative_to_base(uri, self.base)
+                except RemoteProtocolError as exc:
+                    # rrdp-checklist (b)3, (c)16: RRDP fails, the caller falls back to rsync.
+                    raise RemoteProtocolError(
+                        Reason.RRDP_CROSS_ORIGIN,
+                        "a snapshot or delta is not on the notification's origin (RFC 9674)",
+                        uri=uri.uri,
+                        origin=self.base.uri,
+                    ) from exc
+            return
         taken = {self.o.notification_name, self.o.notification_name + ".gz"}
         dirs: set[str] = set()
         rels: list[str] = []
@@ -540,7 +572,13 @@ class _Run:
             else None
         )
         upstream = self.o.upstream
-        linked = self.o.link_local and isinstance(upstream, DirUpstream) and upstream.link(rel, tmp)
+        keep = self.o.rrdp_output
+        linked = (
+            keep
+            and self.o.link_local
+            and isinstance(upstream, DirUpstream)
+            and upstream.link(rel, tmp)
+        )
         gz_linked = (
             linked and isinstance(upstream, DirUpstream) and upstream.link(rel + ".gz", tmp_gz)
         )
@@ -548,8 +586,8 @@ class _Run:
         hasher = hashlib.sha256()
         size = crc = 0
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-        fd = -1 if linked else os.open(tmp, flags, 0o644)
-        gz = -1 if gz_linked else os.open(tmp_gz, flags, 0o644)
+        fd = -1 if linked or not keep else os.open(tmp, flags, 0o644)
+        gz = -1 if gz_linked or not keep else os.open(tmp_gz, flags, 0o644)
         comp = None
         #: The server sent gzip: keep its bytes as our .gz (checked by its trailer below).
         passthrough = False
@@ -558,7 +596,7 @@ class _Run:
             with source.open(
                 token if linked else rel, max_size=self.o.limits.max_rrdp_file_size
             ) as f:
-                if not gz_linked:
+                if keep and not gz_linked:
                     if f.content_encoding in ("gzip", "x-gzip"):
                         passthrough = True
                         f.raw_sink = functools.partial(write_all, gz)
@@ -577,7 +615,7 @@ class _Run:
                         write_all(fd, chunk)
                     if comp is not None:
                         write_all(gz, comp.compress(chunk))
-                    else:
+                    elif keep:
                         crc = zlib.crc32(chunk, crc)
                     if parser is not None:
                         parser.feed(chunk)
@@ -603,7 +641,7 @@ class _Run:
                 )
             # A linked sibling is fully decoded once (a damaged one must never be served); the
             # gzip we were sent was decoded already, its trailer names what it decoded to.
-            usable = (
+            usable = not keep or (
                 _gzip_verified(tmp_gz, crc, size)
                 if gz_linked
                 else _gzip_trailer_matches(tmp_gz, crc, size)
@@ -640,6 +678,8 @@ class _Run:
 
     def place_staged(self, state: State) -> None:
         """Move verified files to their public paths (still unreferenced: invisible)."""
+        if not self.o.rrdp_output:
+            return
         for s in self.staged:
             final = self.o.rrdp_dir / s.rel
             if not _may_place(final, s.tmp, s.sha256):
@@ -720,6 +760,10 @@ class _Run:
         stats = {"added": 0, "modified": 0, "removed": 0}
         changes: dict[str, bytes | None] = {}
         conn = state.connection
+        room = (
+            self.o.limits.max_repository_objects
+            - conn.execute("SELECT COUNT(*) FROM objects").fetchone()[0]
+        )
         try:
             if tree is not None:
                 self.bring_forward(state, tree, base_serial)
@@ -767,6 +811,12 @@ class _Run:
                                 uri=ev.uri.uri,
                                 serial=serial,
                             )
+                        )
+                    if have is None and stats["added"] - stats["removed"] >= room:
+                        raise LimitExceeded(
+                            Reason.TOO_MANY_OBJECTS,
+                            "the deltas grow the repository past the object limit",
+                            limit="max_repository_objects",
                         )
                     sha = Sha256.of(ev.data).digest
                     mtime = self.mtime(ev.data, path)
@@ -837,8 +887,16 @@ class _Run:
                 count += len(batch)
                 batch.clear()
 
+            cap = self.o.limits.max_repository_objects
+
             def on_event(ev: PublishElement | WithdrawElement) -> None:
                 assert isinstance(ev, PublishElement)  # the parser refuses withdraws here
+                if count + len(batch) >= cap:
+                    raise LimitExceeded(
+                        Reason.TOO_MANY_OBJECTS,
+                        "the snapshot holds more objects than allowed",
+                        limit="max_repository_objects",
+                    )
                 path = self.key(ev.uri, state)
                 batch.append(
                     (
@@ -895,7 +953,7 @@ class _Run:
 
     def check_shrink(self, held: int, removed: int, incoming: int) -> None:
         o = self.o
-        if o.force or removed < SHRINK_GUARD_MIN or held == 0:
+        if o.force or not o.rrdp_output or removed < SHRINK_GUARD_MIN or held == 0:
             return
         if removed > o.max_shrink * held:
             raise InputError(
@@ -967,6 +1025,8 @@ class _Run:
     # ------------------------------------------------------------------ step 8: notification
 
     def write_notification(self, state: State, *, only_if_different: bool = False) -> None:
+        if not self.o.rrdp_output:
+            return
         notification = self.notification_from_state(state)
         if notification is not None:
             write_notification(
@@ -1075,6 +1135,104 @@ def sync_once(opts: SyncOptions, progress: Progress = _no_progress) -> SyncResul
         os.umask(old_umask)
 
 
+def adopt_tree(opts: SyncOptions, build: Callable[[Path, Path | None], None]) -> SyncResult:
+    """Make a tree built outside RRDP (``rpkirepo fetch``'s rsync fallback) the current one.
+
+    Under the lock, after the usual recovery: ``build(root, current)`` fills a fresh directory
+    ``root`` (paths as the store lays them out: ``host/module/path``), typically linking what
+    it still finds unchanged in ``current`` (the current tree, or None).  Every file is then
+    hashed into the state, the RRDP session is forgotten (the content no longer matches any
+    upstream serial, so the next RRDP run takes the snapshot), and the tree becomes current at
+    the same commit point as an RRDP update.  Any failure leaves the last good tree current.
+    """
+    if opts.rrdp_output or not opts.rsync_enabled:
+        raise ConfigError(Reason.CONFIG_INVALID, "adopt_tree is for object stores only")
+    old_umask = os.umask(0o022)
+    try:
+        for d in (opts.state_dir, opts.rrdp_dir, opts.rsync_dir):
+            os.makedirs(d, mode=0o755, exist_ok=True)
+        with DirLock(opts.state_dir):
+            run = _Run(opts, _no_progress)
+            state = run.open_state()
+            try:
+                result = _adopt_locked(run, state, build)
+            except RpkiRepoError as exc:
+                _record_attempt(state, run, exc)
+                raise
+            finally:
+                state.close()
+            return result
+    finally:
+        os.umask(old_umask)
+
+
+def _adopt_locked(
+    run: _Run, state: State, build: Callable[[Path, Path | None], None]
+) -> SyncResult:
+    run.recover(state)
+    run.revisions.mkdir(parents=True, exist_ok=True)
+    current = [s for s in state.slots() if s.retired_at is None]
+    current_root = run.revisions / current[0].name if current else None
+    token = secrets.token_hex(6)
+    root = run.revisions / f"{TMP_PREFIX}{token}"
+    os.mkdir(root, 0o755)
+    cap = run.o.limits.max_repository_objects
+    try:
+        build(root, current_root)
+        old = {p: bytes(r.sha256) for p, r in state.objects().items()}
+        rows: list[tuple[str, bytes, int, int]] = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                full = os.path.join(dirpath, name)
+                st = os.lstat(full)
+                if not stat.S_ISREG(st.st_mode):
+                    raise StorageError(
+                        Reason.STORAGE_UNEXPECTED, "not a regular file in a fetched tree", path=full
+                    )
+                if len(rows) >= cap:
+                    raise LimitExceeded(
+                        Reason.TOO_MANY_OBJECTS,
+                        "the fetched tree holds more objects than allowed",
+                        limit="max_repository_objects",
+                    )
+                with open(full, "rb") as f:
+                    digest = hashlib.file_digest(f, "sha256").digest()
+                rows.append((os.path.relpath(full, root), digest, st.st_size, int(st.st_mtime)))
+        sync_filesystem(root)
+        state.begin()
+        run.forget_session(state)
+        state.connection.executemany("INSERT INTO objects VALUES (?,?,?,?,x'',0)", rows)
+        name = f"rsync-{token}"
+        os.rename(root, run.revisions / name)
+        root = run.revisions / name
+        fsync_dir(run.revisions)
+        state.put_slot(SlotRow(name, 0, None))
+        state.commit()  # ---- the commit point ----
+    except BaseException:
+        if state.connection.in_transaction:
+            state.rollback()
+        if root.name.startswith(TMP_PREFIX):
+            remove_tree(root)
+        raise
+    replace_symlink(run.current_link, f"revisions/{name}")
+    run.collect_garbage(state)
+    _record_attempt(state, run, None)
+    paths = {r[0]: r[1] for r in rows}
+    added = sum(1 for p in paths if p not in old)
+    modified = sum(1 for p, d in paths.items() if p in old and old[p] != d)
+    return SyncResult(
+        "rsync",
+        None,
+        "",
+        0,
+        objects=len(rows),
+        added=added,
+        modified=modified,
+        removed=sum(1 for p in old if p not in paths),
+    )
+
+
 def _record_attempt(state: State, run: _Run, exc: RpkiRepoError | None) -> None:
     with contextlib.suppress(sqlite3.Error, StorageError):
         if state.connection.in_transaction:
@@ -1151,10 +1309,11 @@ def _sync_locked(run: _Run, state: State) -> SyncResult:
             run.discard_staged()
             outcome, reason = "snapshot", exc.error.reason
     run.lap("deltas")
+    snap: _Staged | None = None
     if outcome == "snapshot":
         tree = run.apply_snapshot(state, notification)
         snap = run.staged[0]
-    else:
+    elif o.rrdp_output:
         snap = run.stage(
             notification.snapshot.uri,
             notification.snapshot.hash,
@@ -1166,7 +1325,13 @@ def _sync_locked(run: _Run, state: State) -> SyncResult:
         )
     run.lap("snapshot")
     try:
-        rows = run.choose_deltas(state, notification, applied, snap.size)
+        if o.rrdp_output:
+            assert snap is not None
+            rows = run.choose_deltas(state, notification, applied, snap.size)
+        else:
+            # A store lists nothing; it remembers upstream's (serial, hash) pairs for the
+            # desync check (RFC 9697, rrdp-checklist (b)11).
+            rows = [DeltaRow(d.serial, "", d.hash.digest, 0, run.now) for d in notification.deltas]
         run.lap("list-deltas")
         if tree is not None:
             tree.finish()
@@ -1183,9 +1348,11 @@ def _sync_locked(run: _Run, state: State) -> SyncResult:
             state.add_delta(r)
         state.set("session", str(notification.session_id))
         state.set("serial", notification.serial)
-        state.set("snapshot_path", snap.rel)
-        state.set("snapshot_hash", snap.sha256.digest.hex())
-        state.set("snapshot_size", snap.size)
+        if o.rrdp_output:
+            assert snap is not None
+            state.set("snapshot_path", snap.rel)
+            state.set("snapshot_hash", snap.sha256.digest.hex())
+            state.set("snapshot_size", snap.size)
         state.set("etag", validators.etag or "")
         state.set("last_modified", validators.last_modified or "")
         for rel in old_referenced - set(run.referenced(state)):
@@ -1228,7 +1395,7 @@ def _sync_locked(run: _Run, state: State) -> SyncResult:
         stats["added"],
         stats["modified"],
         stats["removed"],
-        len(rows),
+        len(rows) if o.rrdp_output else 0,
         extra={"reason": reason.value},
     )
     return SyncResult(
@@ -1241,7 +1408,7 @@ def _sync_locked(run: _Run, state: State) -> SyncResult:
         modified=stats["modified"],
         removed=stats["removed"],
         deltas_applied=len(applied),
-        deltas_listed=len(rows),
+        deltas_listed=len(rows) if o.rrdp_output else 0,
         bytes_fetched=run.fetched,
         timings=run.timings,
     )
