@@ -842,6 +842,7 @@ def run_rpki_client(
     verbose: int = 1,
     run_timeout: int = 40,
     timeout: float = 60.0,
+    cachedir: Path | None = None,
 ) -> RpkiClientResult:
     """Run the real rpki-client once with TAL ``tal``; cache and output dirs in ``workdir``.
 
@@ -851,16 +852,21 @@ def run_rpki_client(
     ``evaluation_time``: ``-P`` when this rpki-client has it, else libfaketime (LD_PRELOAD).
     JSON and CSV output are always written (``-j -c``); the result parses them.
     ``run_timeout`` is rpki-client's own ``-s``; ``timeout`` kills its process group.
+    ``cachedir``: a cache made by someone else (``rpkirepo fetch``'s output view, for ``-n``),
+    left as it is: rpki-client, unprivileged, may read it but not change it.
     """
     public_dir(workdir)
-    cachedir, outdir = public_dir(workdir / "cache"), public_dir(workdir / "out")
+    own_cache = cachedir is None
+    if cachedir is None:
+        cachedir = public_dir(workdir / "cache")
+    outdir = public_dir(workdir / "out")
     if os.geteuid() == 0:
         # rpki-client drops privileges to _rpki-client: its dirs must be writable for it.
         try:
             pw = pwd.getpwnam(RPKI_CLIENT_USER)
         except KeyError as exc:
             raise PeerError(f"user {RPKI_CLIENT_USER} missing (is rpki-client installed?)") from exc
-        for d in (cachedir, outdir):
+        for d in (cachedir, outdir) if own_cache else (outdir,):
             os.chown(d, pw.pw_uid, pw.pw_gid)
     tal_copy = workdir / tal.name
     shutil.copyfile(tal, tal_copy)

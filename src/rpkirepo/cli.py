@@ -29,6 +29,7 @@ log = logging.getLogger("rpkirepo.cli")
 
 MAIN_EPILOG = """\
 commands:
+  fetch     relying-party side: walk TALs, RRDP first, rsync fallback, into a safe cache
   publish   turn a directory of RPKI objects into an RRDP repository and an rsync tree
   inspect   show what the object reader sees in RPKI object files
   limits    list every hard limit, its default and what it protects
@@ -42,6 +43,7 @@ examples:
   rpkirepo --config /etc/rpkirepo.toml publish
   rpkirepo sync https://rrdp.example.net/rrdp/notification.xml \\
       --source-uri-base https://krill.internal:3000/rrdp/ --state-dir /var/lib/rpkirepo/sync
+  rpkirepo fetch --tal /etc/rpki/*.tal --cache /var/cache/rpkirepo --report fetch.json
   rpkirepo inspect objects/*.roa
   rpkirepo limits
   rpkirepo testbed ./tb --rsync-base rsync://localhost/repo/
@@ -166,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    from rpkirepo.fetch import command as fetch_command
     from rpkirepo.sync import command as sync_command
 
     p = sub.add_parser(
@@ -179,6 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     sync_command.add_arguments(p)
     p.set_defaults(func=sync_command.run)
+
+    p = sub.add_parser(
+        "fetch",
+        help="relying-party side: walk TALs or fetch one repository (RRDP, rsync fallback)",
+        description="Fetch RPKI repositories into a cache, safely: RRDP first, rsync when RRDP "
+        "fails, the last good copy when both fail.",
+        epilog=fetch_command.EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(p)
+    fetch_command.add_arguments(p)
+    p.set_defaults(func=fetch_command.run)
 
     p = sub.add_parser(
         "publish",

@@ -18,6 +18,7 @@ Layout (every table optional)::
 
     [sync]                    # `rpkirepo sync`; several repositories as [[sync.repository]]
     [serve]                   # `rpkirepo serve`
+    [fetch]                   # `rpkirepo fetch`
 
 Precedence: command-line flag, then the file, then the built-in default.  Unknown tables or keys
 are errors (a typo must not silently fall back to a default).
@@ -36,7 +37,7 @@ from rpkirepo.limits import DEFAULT_LIMITS, Limits
 
 __all__ = ["Config", "load_config", "parse_duration", "pick_setting"]
 
-KNOWN_TABLES = frozenset({"log", "limits", "publish", "serve", "sync"})
+KNOWN_TABLES = frozenset({"fetch", "log", "limits", "publish", "serve", "sync"})
 
 
 class Config:

@@ -1,0 +1,612 @@
+"""The walk from trust anchors down the CA tree, as a relying party discovers repositories.
+
+1. For each TAL, fetch the TA certificate (https URIs first, RFC 8630 §2.3; then rsync) and
+   check that its key is the TAL's; the last good copy is kept under ``CACHE/ta/``.
+2. A CA certificate's SIA names its repository: rpkiNotify (RRDP) and caRepository (rsync), and
+   its manifest.  The repository key is the notification URI when there is one, else the rsync
+   module (:class:`~rpkirepo.fetch.store.RepositoryKey`).  Each repository is updated once per
+   run, in a thread pool (``concurrency``), RRDP first with rsync as the fallback; the CAs
+   waiting for it are parked until it is done.
+3. A CA is then read from its *own* store only (rrdp-checklist (b)19): its manifest, the files
+   of its publication point (compared with the manifest: missing, extra, hash mismatch, the
+   2013 analysis §3.4), and the CA certificates its manifest lists, which are followed.
+4. Limits stop hostile trees: depth (``fetch_max_depth``), repositories per TAL
+   (``fetch_max_repositories``), CAs per run (``fetch_max_cas``), a deadline per repository and
+   one per run (Stalloris, endless chains: rrdp-checklist (c)31-32).  A repository not reached
+   in time keeps its last good copy.
+5. The output view ``CACHE/objects/HOST/MODULE`` is a directory of symlinks, one per rsync
+   module, each into the current tree of the store that owns it (the first repository a CA bound
+   it to); it is built beside the old one and swapped in with one symlink rename.
+
+No signature or resource validation is done here: that is the validator's job.  The walk only
+reads SIA pointers and manifest entries, so that what is fetched is what a validator would
+fetch.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import json
+import logging
+import os
+import secrets
+import sqlite3
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from asn1crypto import x509
+
+from rpkirepo.errors import InputError, LimitExceeded, Reason, RpkiRepoError
+from rpkirepo.fetch.store import RepositoryKey, Store, StoreUpdate
+from rpkirepo.fetch.tal import TrustAnchorLocator
+from rpkirepo.fsutil import TMP_PREFIX, DirLock, atomic_write, remove_tree, replace_symlink
+from rpkirepo.httpget import HttpOptions, http_get, read_all
+from rpkirepo.limits import DEFAULT_LIMITS, Limits
+from rpkirepo.objects import Certificate, Manifest, ObjectKind, SignedObject, read_object
+from rpkirepo.sync.mirror import STATE_DB
+from rpkirepo.uri import HttpsUri, RsyncUri, uri_to_relpath
+
+__all__ = ["FetchOptions", "FetchReport", "PubPointReport", "TaReport", "run_fetch"]
+
+log = logging.getLogger("rpkirepo.fetch")
+
+Progress = Callable[[str, int, int], None]
+
+
+def _no_progress(stage: str, done: int, total: int) -> None:
+    return None
+
+
+# ---- options and report --------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class FetchOptions:
+    cache: Path
+    limits: Limits = DEFAULT_LIMITS
+    http: HttpOptions = field(default_factory=HttpOptions)
+    #: Repositories updated at the same time.
+    concurrency: int = 4
+    #: False: never RRDP (rsync only, for measurement or comparison).
+    rrdp: bool = True
+    #: Use the rsync binary (``--compare-dest``) instead of the native client.
+    rsync_external: bool = False
+    rsync_protocol: int = 31
+    #: Seconds a store keeps a replaced tree (a validator may still be reading it).
+    cleanup_after: float = 600.0
+
+
+@dataclass(slots=True)
+class TaReport:
+    tal: str
+    uri: str = ""
+    #: https | rsync | cached | failed
+    transport: str = "failed"
+    reasons: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class PubPointReport:
+    """Manifest consistency of one publication point (the 2013 analysis §3.4)."""
+
+    ca: str
+    ca_repository: str
+    manifest: str
+    repository: str
+    depth: int
+    manifest_number: str = ""
+    files: int = 0
+    missing: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    hash_mismatch: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def consistent(self) -> bool:
+        return not (self.missing or self.extra or self.hash_mismatch or self.reasons)
+
+
+@dataclass(slots=True)
+class FetchReport:
+    started: float
+    seconds: float = 0.0
+    tals: list[TaReport] = field(default_factory=list)
+    repositories: list[StoreUpdate] = field(default_factory=list)
+    publication_points: list[PubPointReport] = field(default_factory=list)
+    #: Reasons that stopped part of the walk (limits, deadlines), with the URI concerned.
+    refusals: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Every TA and repository has a usable copy (fresh or last good)."""
+        return all(t.transport != "failed" for t in self.tals) and all(
+            r.transport != "none" for r in self.repositories
+        )
+
+
+# ---- the walk ------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _Ca:
+    cert: Certificate
+    uri: str
+    depth: int
+    tal: str
+
+
+class _Walk:
+    def __init__(self, opts: FetchOptions, progress: Progress) -> None:
+        self.o = opts
+        self.limits = opts.limits
+        self.progress = progress
+        self.report = FetchReport(time.time())
+        self.run_deadline = time.monotonic() + opts.limits.fetch_run_deadline
+        self.stores: dict[RepositoryKey, Store] = {}
+        self.updates: dict[RepositoryKey, StoreUpdate] = {}
+        #: Store -> the modules an rsync run has covered this run.
+        self.rsynced: dict[RepositoryKey, set[str]] = {}
+        self.pending: dict[cf.Future[StoreUpdate], RepositoryKey] = {}
+        self.in_flight: set[RepositoryKey] = set()
+        self.parked: dict[RepositoryKey, list[_Ca]] = {}
+        self.ready: deque[_Ca] = deque()
+        #: rsync module -> the repository whose store the output view links it to.
+        self.module_owner: dict[str, RepositoryKey] = {}
+        self.repos_per_tal: dict[str, set[RepositoryKey]] = {}
+        self.seen: set[tuple[str, str]] = set()
+        self.cas = 0
+        self.manifest_numbers = self._load_manifest_numbers()
+        self.pool = cf.ThreadPoolExecutor(
+            max_workers=max(1, opts.concurrency), thread_name_prefix="fetch"
+        )
+
+    # ------------------------------------------------------------------ stores
+
+    def store(self, key: RepositoryKey) -> Store:
+        s = self.stores.get(key)
+        if s is None:
+            s = Store(
+                self.o.cache,
+                key,
+                limits=self.limits,
+                http=self.o.http,
+                rsync_external=self.o.rsync_external,
+                rsync_protocol=self.o.rsync_protocol,
+                cleanup_after=self.o.cleanup_after,
+            )
+            self.stores[key] = s
+        return s
+
+    def _deadline(self) -> float:
+        return min(self.run_deadline, time.monotonic() + self.limits.fetch_repository_deadline)
+
+    def submit(self, key: RepositoryKey, *, rsync_modules: set[str] | None = None) -> None:
+        store = self.store(key)
+        if time.monotonic() >= self.run_deadline:
+            rep = self.updates.get(key) or StoreUpdate(key, key.store_id)
+            rep.reasons.append(Reason.FETCH_RUN_DEADLINE.value)
+            if rep.transport == "none" and store.has_copy():
+                rep.transport = "cached"
+                rep.reasons.append(Reason.FETCH_STALE.value)
+            self.updates[key] = rep
+            self.release(key)
+            return
+        deadline = self._deadline()
+        if rsync_modules is None:
+            fut = self.pool.submit(store.update, deadline, rrdp=self.o.rrdp)
+            self.rsynced[key] = set(store.modules)
+        else:
+            rep = self.updates[key]
+            self.rsynced[key] |= rsync_modules
+
+            def more() -> StoreUpdate:
+                store.update_rsync(rep, rsync_modules, deadline)
+                return rep
+
+            fut = self.pool.submit(more)
+        self.pending[fut] = key
+        self.in_flight.add(key)
+
+    def release(self, key: RepositoryKey) -> None:
+        self.ready.extend(self.parked.pop(key, []))
+
+    def wait_some(self) -> None:
+        done, _ = cf.wait(list(self.pending), return_when=cf.FIRST_COMPLETED)
+        for fut in done:
+            key = self.pending.pop(fut)
+            self.in_flight.discard(key)
+            try:
+                rep = fut.result()
+            except RpkiRepoError as exc:  # pragma: no cover (Store.update never raises)
+                rep = self.updates.get(key) or StoreUpdate(key, key.store_id)
+                rep.reasons.append(exc.reason.value)
+                rep.errors.append(str(exc))
+            self.updates[key] = rep
+            self.progress("repositories", len(self.updates), len(self.stores))
+            self.release(key)
+
+    # ------------------------------------------------------------------ CAs
+
+    def refuse(self, reason: Reason, uri: str, detail: str) -> None:
+        log.warning("%s: %s", uri, detail, extra={"reason": reason})
+        self.report.refusals.append({"reason": reason.value, "uri": uri, "detail": detail})
+
+    def add_ca(self, ca: _Ca) -> None:
+        cert = ca.cert
+        repo_uri = next((u for u in cert.ca_repository if u.startswith("rsync://")), None)
+        mft_uri = next((u for u in cert.rpki_manifest if u.startswith("rsync://")), None)
+        if repo_uri is None or mft_uri is None:
+            self.refuse(Reason.FETCH_NO_REPOSITORY, ca.uri, "no rsync caRepository or manifest")
+            return
+        if (repo_uri, mft_uri) in self.seen:
+            return  # the same publication point reached twice (or a loop)
+        if ca.depth > self.limits.fetch_max_depth:
+            self.refuse(Reason.FETCH_DEPTH, ca.uri, "CA chain deeper than fetch_max_depth")
+            return
+        if self.cas >= self.limits.fetch_max_cas:
+            self.refuse(Reason.FETCH_TOO_MANY_CAS, ca.uri, "more CAs than fetch_max_cas")
+            return
+        try:
+            repo = RsyncUri.parse(repo_uri, max_length=self.limits.max_uri_length)
+            RsyncUri.parse(mft_uri, max_length=self.limits.max_uri_length)
+            notify = next(
+                (
+                    HttpsUri.parse(u, max_length=self.limits.max_uri_length)
+                    for u in cert.rpki_notify
+                    if u.startswith("https://")
+                ),
+                None,
+            )
+        except RpkiRepoError as exc:
+            self.refuse(exc.reason, ca.uri, f"bad SIA URI: {exc}")
+            return
+        if not repo.is_directory:
+            self.refuse(Reason.URI_SYNTAX, ca.uri, "caRepository is not a directory URI")
+            return
+        key = (
+            RepositoryKey.for_notify(notify)
+            if notify is not None and self.o.rrdp
+            else RepositoryKey.for_module(repo)
+        )
+        seen_here = self.repos_per_tal.setdefault(ca.tal, set())
+        if key not in seen_here and len(seen_here) >= self.limits.fetch_max_repositories:
+            self.refuse(
+                Reason.FETCH_TOO_MANY_REPOSITORIES, key.uri, "more than fetch_max_repositories"
+            )
+            return
+        seen_here.add(key)
+        self.seen.add((repo_uri, mft_uri))
+        self.cas += 1
+        module = repo.module_uri.uri
+        store = self.store(key)
+        store.modules.add(module)
+        owner = self.module_owner.setdefault(module, key)
+        if owner != key:
+            self.refuse(
+                Reason.FETCH_MODULE_CLAIMED,
+                ca.uri,
+                f"module {module} already belongs to repository {owner.uri}",
+            )
+        if key in self.in_flight:
+            self.parked.setdefault(key, []).append(ca)
+        elif key in self.updates:
+            rep = self.updates[key]
+            if rep.transport != "rrdp" and module not in self.rsynced.get(key, set()):
+                # RRDP failed this run: this module was not known when rsync ran.
+                self.parked.setdefault(key, []).append(ca)
+                self.submit(key, rsync_modules={module})
+            else:
+                self.ready.append(ca)
+        else:
+            self.parked.setdefault(key, []).append(ca)
+            self.submit(key)
+
+    def visit(self, ca: _Ca) -> None:
+        """Read a CA's publication point from its own store; follow its child CAs."""
+        cert = ca.cert
+        repo = RsyncUri(next(u for u in cert.ca_repository if u.startswith("rsync://")))
+        mft = RsyncUri(next(u for u in cert.rpki_manifest if u.startswith("rsync://")))
+        notify = next((u for u in cert.rpki_notify if u.startswith("https://")), None)
+        key = (
+            RepositoryKey(notify=notify)
+            if notify is not None and self.o.rrdp
+            else RepositoryKey.for_module(repo)
+        )
+        store = self.stores[key]
+        pp = PubPointReport(ca.uri, repo.uri, mft.uri, key.uri, ca.depth)
+        self.report.publication_points.append(pp)
+        if not store.has_copy():
+            pp.reasons.append(Reason.FETCH_NO_REPOSITORY.value)
+            return
+        held = _held_files(store, repo)
+        pp.files = len(held)
+        if not mft.is_under(repo) or "/" in mft.relative_to(repo):
+            pp.reasons.append(Reason.URI_OUTSIDE_BASE.value)
+            return
+        try:
+            manifest = self._manifest(store, mft)
+        except RpkiRepoError as exc:
+            pp.reasons.append(exc.reason.value)
+            return
+        self._check_replay(pp, mft.uri, manifest.manifest_number)
+        pp.manifest_number = f"{manifest.manifest_number:x}"
+        listed = {f.file: f.hash for f in manifest.files}
+        mft_name = mft.relative_to(repo)
+        pp.missing = sorted(n for n in listed if n not in held)
+        pp.hash_mismatch = sorted(n for n, h in listed.items() if n in held and held[n] != h)
+        pp.extra = sorted(n for n in held if n not in listed and n != mft_name)
+        for name, digest in sorted(listed.items()):
+            if not name.endswith(".cer") or held.get(name) != digest:
+                continue
+            child_uri = repo.join(name)
+            try:
+                data = _read_limited(store.path_of(child_uri), self.limits.max_object_size)
+                child = read_object(data, name=name, limits=self.limits)
+            except RpkiRepoError as exc:
+                log.info("%s: %s", child_uri.uri, exc, extra={"reason": exc.reason})
+                continue
+            if isinstance(child, Certificate) and child.kind is ObjectKind.CA_CERTIFICATE:
+                self.add_ca(_Ca(child, child_uri.uri, ca.depth + 1, ca.tal))
+
+    def _manifest(self, store: Store, mft: RsyncUri) -> Manifest:
+        path = store.path_of(mft)
+        try:
+            data = _read_limited(path, self.limits.max_object_size)
+        except InputError as exc:
+            raise InputError(Reason.FETCH_MANIFEST_MISSING, "manifest not fetched") from exc
+        obj = read_object(data, name=mft.segments[-1] if mft.segments else None, limits=self.limits)
+        if not isinstance(obj, SignedObject) or not isinstance(obj.content, Manifest):
+            raise InputError(Reason.OBJECT_BAD_CONTENT_TYPE, "not a manifest", uri=mft.uri)
+        return obj.content
+
+    def _check_replay(self, pp: PubPointReport, uri: str, number: int) -> None:
+        """rrdp-checklist (c)34: a manifest number going backwards is a replay (RFC 9286 §4.2.1);
+        reported, and the highest number seen is kept for the next run."""
+        before = self.manifest_numbers.get(uri)
+        if before is not None and number < before:
+            pp.reasons.append(Reason.FETCH_MANIFEST_REPLAY.value)
+            log.warning(
+                "manifest number went back from %x to %x: %s",
+                before,
+                number,
+                uri,
+                extra={"reason": Reason.FETCH_MANIFEST_REPLAY},
+            )
+            return
+        self.manifest_numbers[uri] = number
+
+    def _load_manifest_numbers(self) -> dict[str, int]:
+        path = self.o.cache / "manifest-numbers.json"
+        try:
+            raw = json.loads(path.read_text())
+            return {str(k): int(v, 16) for k, v in raw.items()}
+        except (OSError, ValueError, AttributeError, TypeError):
+            return {}
+
+    def save_manifest_numbers(self) -> None:
+        data = json.dumps({k: f"{v:x}" for k, v in sorted(self.manifest_numbers.items())})
+        atomic_write(self.o.cache / "manifest-numbers.json", data.encode())
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> None:
+        try:
+            while self.ready or self.pending:
+                while self.ready:
+                    ca = self.ready.popleft()
+                    self.visit(ca)
+                    self.progress("cas", len(self.report.publication_points), self.cas)
+                if self.pending:
+                    self.wait_some()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        self.report.repositories = sorted(self.updates.values(), key=lambda r: r.key)
+
+
+# ---- trust anchors -------------------------------------------------------------------------------
+def _spki_of(data: bytes) -> bytes:
+    try:
+        cert = x509.Certificate.load(data, strict=True)
+        return bytes(cert["tbs_certificate"]["subject_public_key_info"].dump())
+    except (ValueError, TypeError) as exc:
+        raise InputError(Reason.OBJECT_MALFORMED, "TA certificate unreadable") from exc
+
+
+def fetch_ta(tal: TrustAnchorLocator, opts: FetchOptions) -> tuple[Certificate | None, TaReport]:
+    """The TA certificate: from the first TAL URI that gives one with the TAL's key, else the
+    last good copy."""
+    rep = TaReport(tal.name)
+    ta_dir = opts.cache / "ta"
+    ta_dir.mkdir(parents=True, exist_ok=True)
+    cached = ta_dir / f"{tal.name}.cer"
+    limits = opts.limits
+    for uri in tal.ordered_uris:
+        try:
+            if isinstance(uri, HttpsUri):
+                with http_get(uri.uri, options=opts.http, max_size=limits.max_object_size) as r:
+                    data = read_all(r)
+                transport = "https"
+            else:
+                data = _rsync_one_file(uri, opts)
+                transport = "rsync"
+            if _spki_of(data) != tal.spki_der:
+                raise InputError(
+                    Reason.FETCH_TA_KEY_MISMATCH, "TA certificate key differs from the TAL's"
+                )
+            cert = read_object(data, name=uri.uri.rsplit("/", 1)[-1], limits=limits)
+            if not isinstance(cert, Certificate) or cert.kind is not ObjectKind.TA_CERTIFICATE:
+                raise InputError(Reason.OBJECT_BAD_CONTENT_TYPE, "not a TA certificate")
+        except RpkiRepoError as exc:
+            log.warning("TA %s: %s", uri.uri, exc, extra={"reason": exc.reason})
+            rep.reasons.append(exc.reason.value)
+            rep.errors.append(f"{uri.uri}: {exc}")
+            continue
+        atomic_write(cached, data)
+        rep.uri, rep.transport = uri.uri, transport
+        return cert, rep
+    try:
+        data = _read_limited(cached, limits.max_object_size)
+        cert = read_object(data, limits=limits)
+    except RpkiRepoError:
+        return None, rep
+    assert isinstance(cert, Certificate)
+    rep.transport = "cached"
+    rep.reasons.append(Reason.FETCH_STALE.value)
+    return cert, rep
+
+
+def _rsync_one_file(uri: RsyncUri, opts: FetchOptions) -> bytes:
+    """A TA certificate over rsync: its directory is fetched (certificates only) into a
+    scratch directory, and the one file is read."""
+    from rpkirepo.rsync.client import fetch_module
+
+    parent_text, _, name = uri.uri.rpartition("/")
+    parent = RsyncUri(parent_text + "/")
+    scratch = opts.cache / f"{TMP_PREFIX}ta"
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+        fetch_module(
+            parent,
+            Path(tmp),
+            limits=opts.limits,
+            deadline=time.monotonic() + opts.limits.fetch_repository_deadline,
+            include_extensions=("cer",),
+            protocol=opts.rsync_protocol,
+        )
+        return _read_limited(Path(tmp) / name, opts.limits.max_object_size)
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+def _read_limited(path: Path, limit: int) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise InputError(Reason.STORAGE_IO, f"cannot read: {exc.strerror}", path=str(path)) from exc
+    try:
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise InputError(Reason.STORAGE_IO, f"cannot read: {exc.strerror}", path=str(path)) from exc
+    if len(data) > limit:
+        raise LimitExceeded(Reason.OBJECT_TOO_LARGE, "larger than max_object_size", path=str(path))
+    return data
+
+
+def _held_files(store: Store, repo: RsyncUri) -> dict[str, bytes]:
+    """name -> SHA-256 of the files directly in the publication point ``repo``, from the store's
+    state (no file is read)."""
+    prefix = uri_to_relpath(repo) + "/"
+    db = store.root / "state" / STATE_DB
+    out: dict[str, bytes] = {}
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return out
+    try:
+        hi = prefix[:-1] + chr(ord("/") + 1)
+        for path, sha in conn.execute(
+            "SELECT path, sha256 FROM objects WHERE path >= ? AND path < ?", (prefix, hi)
+        ):
+            name = path[len(prefix) :]
+            if "/" not in name:
+                out[name] = bytes(sha)
+    except sqlite3.Error:
+        return out
+    finally:
+        conn.close()
+    return out
+
+
+def build_view(
+    cache: Path,
+    walk_owner: dict[str, RepositoryKey],
+    stores: dict[RepositoryKey, Store],
+    tas: Iterable[tuple[str, str]] = (),
+) -> None:
+    """``CACHE/objects`` -> ``views/NAME``: one symlink per module into its store's current
+    tree, and each TA certificate as ``ta/TAL/FILE`` (rpki-client's cache layout, so that
+    ``rpki-client -n -d CACHE/objects`` reads it); made beside the old view and swapped in at
+    once; older views are removed."""
+    views = cache / "views"
+    views.mkdir(parents=True, exist_ok=True)
+    name = f"{int(time.time())}-{secrets.token_hex(3)}"
+    tmp = views / f"{TMP_PREFIX}{name}"
+    tmp.mkdir()
+    try:
+        for module, key in sorted(walk_owner.items()):
+            store = stores[key]
+            rel = uri_to_relpath(RsyncUri(module))
+            if not (store.tree / rel).is_dir():
+                continue
+            link = tmp / rel
+            link.parent.mkdir(parents=True, exist_ok=True)
+            target = os.path.relpath(store.tree / rel, link.parent)
+            os.symlink(target, link)
+        for tal, filename in tas:
+            src = cache / "ta" / f"{tal}.cer"
+            if src.is_file():
+                (tmp / "ta" / tal).mkdir(parents=True, exist_ok=True)
+                os.link(src, tmp / "ta" / tal / filename)
+        os.rename(tmp, views / name)
+    except BaseException:
+        remove_tree(tmp)
+        raise
+    replace_symlink(cache / "objects", f"views/{name}")
+    for entry in os.scandir(views):
+        if entry.name != name:
+            remove_tree(Path(entry.path))
+
+
+def run_fetch(
+    opts: FetchOptions,
+    *,
+    tals: Sequence[TrustAnchorLocator] = (),
+    repositories: Iterable[tuple[RepositoryKey, RsyncUri | None]] = (),
+    progress: Progress = _no_progress,
+) -> FetchReport:
+    """One fetch run over the cache: walk from ``tals``, or update the given repositories
+    (with the rsync module to use as fallback), then swap the output view."""
+    opts.cache.mkdir(parents=True, exist_ok=True)
+    with DirLock(opts.cache):
+        walk = _Walk(opts, progress)
+        started = time.monotonic()
+        for key, module in repositories:
+            store = walk.store(key)
+            if module is not None:
+                store.modules.add(module.module_uri.uri)
+            walk.submit(key)
+        for tal in tals:
+            cert, ta_rep = fetch_ta(tal, opts)
+            walk.report.tals.append(ta_rep)
+            if cert is not None:
+                walk.add_ca(_Ca(cert, ta_rep.uri or tal.name, 0, tal.name))
+        walk.run()
+        owners = dict(walk.module_owner)
+        for key, store in walk.stores.items():
+            if not tals:
+                # One repository asked for by name: every module its tree holds is shown.
+                for held in _modules_in(store):
+                    owners.setdefault(held, key)
+        tas = [
+            (t.tal, (t.uri or tal.ordered_uris[0].uri).rsplit("/", 1)[-1])
+            for t, tal in zip(walk.report.tals, tals, strict=True)
+        ]
+        build_view(opts.cache, owners, walk.stores, tas)
+        walk.save_manifest_numbers()
+        walk.report.seconds = time.monotonic() - started
+        return walk.report
+
+
+def _modules_in(store: Store) -> list[str]:
+    out: list[str] = []
+    if not store.has_copy():
+        return out
+    for host in sorted(os.listdir(store.tree)):
+        if not (store.tree / host).is_dir():
+            continue
+        for module in sorted(os.listdir(store.tree / host)):
+            with contextlib.suppress(RpkiRepoError):
+                out.append(RsyncUri(f"rsync://{host}/{module}/").uri)
+    return out
