@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterator
+import ssl
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -112,7 +115,10 @@ def _fetch(bed: _Bed, cache: Path, ca: Path, **kw: object):  # type: ignore[no-u
     return run_fetch(opts, tals=[read_tal(bed.testbed / "ta.tal")])
 
 
-def _check_walks(bed: _Bed, caches: Path, ca: Path, binary: str) -> None:
+def _check_walks(
+    bed: _Bed, caches: Path, ca: Path, binary: str, served: Callable[[int], None] | None = None
+) -> None:
+    """``served(serial)`` waits until the servers serve that serial (a server that polls)."""
     outside = snapshot_of_tree(bed.work)
     cache = public_dir(caches / "rrdp")
     report = _fetch(bed, cache, ca)
@@ -133,8 +139,13 @@ def _check_walks(bed: _Bed, caches: Path, ca: Path, binary: str) -> None:
     assert result.vrps() == _want_vrps(bed.testbed), result.describe()
     assert view(cache, bed.module_dir) == bed.objects()  # rpki-client changed nothing
 
+    assert snapshot_of_tree(bed.work) == outside  # nothing written outside the caches
+
     advance(bed.testbed)
     bed.publish()
+    if served is not None:
+        served(2)
+    outside = snapshot_of_tree(bed.work)
     report = _fetch(bed, cache, ca)
     [r] = report.repositories
     assert (r.transport, r.outcome) == ("rrdp", "deltas"), r
@@ -197,8 +208,25 @@ def test_fetch_from_rpkirepo_serve_and_our_rsync_daemon(root: Path) -> None:
             f"https://localhost:{ta.port}/ta.cer",
         )
         ta.files["/ta.cer"] = (bed.testbed / "ta.cer").read_bytes()
+        context = ssl.create_default_context(cafile=str(tls.ca_cert))
+
+        def served(serial: int) -> None:
+            deadline = time.monotonic() + 10
+            url = f"https://localhost:{https_port}/healthz"
+            while True:
+                with urllib.request.urlopen(url, context=context, timeout=5) as reply:
+                    if reply.read() == f"ok serial {serial}\n".encode():
+                        return
+                assert time.monotonic() < deadline, "rpkirepo serve did not switch in 10 s"
+                time.sleep(0.1)
+
         with (
             rpkirepo_serve(work / "serve", bed.out / "rrdp", tls=tls, port=https_port, ipv6=False),
-            rpkirepo_rsyncd({"repo": bed.out / "rsync"}, port=rsync_port),
+            rpkirepo_rsyncd({"repo": bed.out / "rsync"}, port=rsync_port) as rsyncd,
         ):
-            _check_walks(bed, public_dir(work / "caches"), tls.ca_cert, binary)
+
+            def both_served(serial: int) -> None:
+                served(serial)
+                rsyncd.call(rsyncd.daemon.refresh)  # type: ignore[attr-defined]
+
+            _check_walks(bed, public_dir(work / "caches"), tls.ca_cert, binary, both_served)
