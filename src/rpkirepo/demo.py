@@ -6,12 +6,13 @@ CA tree with ROAs, ASPAs and Ghostbusters records, and the VRPs a relying party 
 ``rpkirepo sync`` mirrors that to a public node's directories and follows a change by one delta;
 ``rpkirepo serve`` serves the mirror on loopback and a second node syncs from it over HTTP; when
 rpki-client is installed it validates the mirror over rsync through our rsync daemon.  Nothing
-leaves the machine.  (Serving and fetching join the demo as `serve` and `fetch`
-land; `make test` already runs rpki-client against exactly this kind of output.)
+leaves the machine.  ``rpkirepo fetch`` then walks the mirror from the TAL through our rsync daemon
+(the native rsync client) and rpki-client validates that cache offline.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -104,12 +105,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _rpki_client(out: Path, tal: Path, rsync_dir: Path, port: int, expected: Path) -> str:
-    """When rpki-client is installed: validate the mirror over rsync (-R) from our rsync daemon
-    (`rpkirepo serve --rsync-listen`), and compare its VRPs with the testbed's."""
-    binary = shutil.which("rpki-client") or shutil.which("rpki-client", path="/usr/sbin")
-    if binary is None:
-        return "rpki-client is not installed: skipped (make test runs it as root)"
+def _fetch_and_validate(
+    out: Path, tal: Path, rsync_dir: Path, port: int, expected: Path
+) -> list[str]:
+    """Our rsync daemon (`rpkirepo serve --rsync-listen`) on the mirror; `rpkirepo fetch` walks
+    it from the TAL with the native rsync client (twice: the second run transfers nothing); when
+    rpki-client is installed it validates the fetch cache offline (-n) and the mirror over rsync
+    (-R), and both must give the testbed's VRPs."""
     daemon = subprocess.Popen(
         [sys.executable, "-m", "rpkirepo", "-q", "serve", "--rsync-listen",
          f"127.0.0.1:{port}", "--module", f"repo={rsync_dir}"],
@@ -124,35 +126,94 @@ def _rpki_client(out: Path, tal: Path, rsync_dir: Path, port: int, expected: Pat
                 break
             except OSError:
                 if daemon.poll() is not None or time.monotonic() > deadline:
-                    return "the rsync daemon did not start: skipped"
+                    return ["the rsync daemon did not start: skipped"]
                 time.sleep(0.1)
-        work = out / "rpki-client"
-        cache, outdir = work / "cache", work / "out"
-        for d in (cache, outdir):
-            d.mkdir(parents=True, exist_ok=True)
-            if os.geteuid() == 0:  # rpki-client drops privileges to _rpki-client
-                try:
-                    pw = pwd.getpwnam("_rpki-client")
-                except KeyError:
-                    return "user _rpki-client missing: skipped"
-                os.chown(d, pw.pw_uid, pw.pw_gid)
-        argv = [binary, "-R", "-t", str(tal), "-d", str(cache), "-s", "30", "-c", str(outdir)]
-        started = time.monotonic()
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=90, check=False)
-        took = time.monotonic() - started
-        csv = outdir / "csv"
-        if done.returncode != 0 or not csv.exists():
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            return f"rpki-client could not run here ({last}): skipped"
-        got = set(csv.read_text().splitlines()[1:])
-        want = set(expected.read_text().splitlines()[1:])
-        return (
-            f"rpki-client -R, from the mirror through rpkirepo's rsync daemon: {len(got)} VRPs "
-            f"in {took:.1f} s, exactly the testbed's expected VRPs: {got == want}"
-        )
+        lines = _fetch(out, tal, port)
+        binary = shutil.which("rpki-client") or shutil.which("rpki-client", path="/usr/sbin")
+        if binary is None:
+            return [*lines, "rpki-client is not installed: skipped (make test runs it as root)"]
+        lines.append(_rpki_client_offline(binary, out, tal, expected))
+        return [*lines, _rpki_client(binary, out, tal, expected)]
     finally:
         daemon.terminate()
         daemon.wait(timeout=10)
+
+
+def _fetch(out: Path, tal: Path, port: int) -> list[str]:
+    cache = out / "fetch"
+    report = out / "fetch-report.json"
+    argv = [sys.executable, "-m", "rpkirepo", "-q", "fetch", "--tal", str(tal), "--cache",
+            str(cache), "--rsync-only", "--report", str(report)]  # fmt: skip
+    lines = []
+    for run in ("first", "second"):
+        started = time.monotonic()
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        took = time.monotonic() - started
+        if done.returncode != 0 or not report.exists():
+            return [f"rpkirepo fetch failed ({done.returncode}): {done.stderr.strip()[-300:]}"]
+        doc = json.loads(report.read_text())
+        [repo] = doc["repositories"]
+        lines.append(
+            f"rpkirepo fetch --tal --rsync-only ({run} run, native rsync client through our "
+            f"daemon): {repo['objects']} objects, {repo['rsync_files_fetched']} files "
+            f"transferred, {len(doc['publication_points'])} publication points matching their "
+            f"manifests: {doc['summary']['inconsistent_publication_points'] == 0}, {took:.1f} s"
+        )
+    lines.append(f"clean tree: {cache / 'objects'}; report: {report}")
+    return lines
+
+
+def _rpki_client_offline(binary: str, out: Path, tal: Path, expected: Path) -> str:
+    """rpki-client -n over the fetch cache (docs/fetch.md)."""
+    outdir = out / "rpki-client-offline"
+    outdir.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        try:
+            pw = pwd.getpwnam("_rpki-client")
+        except KeyError:
+            return "user _rpki-client missing: skipped"
+        os.chown(outdir, pw.pw_uid, pw.pw_gid)
+    argv = [binary, "-n", "-t", str(tal), "-d", str(out / "fetch" / "objects"), "-c",
+            str(outdir)]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=90, check=False)
+    csv = outdir / "csv"
+    if done.returncode != 0 or not csv.exists():
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"rpki-client -n could not run here ({last}): skipped"
+    got = set(csv.read_text().splitlines()[1:])
+    want = set(expected.read_text().splitlines()[1:])
+    return (
+        f"rpki-client -n (offline) over the fetch cache: {len(got)} VRPs, exactly the "
+        f"testbed's expected VRPs: {got == want}"
+    )
+
+
+def _rpki_client(binary: str, out: Path, tal: Path, expected: Path) -> str:
+    """rpki-client -R: the mirror over rsync through our rsync daemon."""
+    work = out / "rpki-client"
+    cache, outdir = work / "cache", work / "out"
+    for d in (cache, outdir):
+        d.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:  # rpki-client drops privileges to _rpki-client
+            try:
+                pw = pwd.getpwnam("_rpki-client")
+            except KeyError:
+                return "user _rpki-client missing: skipped"
+            os.chown(d, pw.pw_uid, pw.pw_gid)
+    argv = [binary, "-R", "-t", str(tal), "-d", str(cache), "-s", "30", "-c", str(outdir)]
+    started = time.monotonic()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=90, check=False)
+    took = time.monotonic() - started
+    csv = outdir / "csv"
+    if done.returncode != 0 or not csv.exists():
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"rpki-client could not run here ({last}): skipped"
+    got = set(csv.read_text().splitlines()[1:])
+    want = set(expected.read_text().splitlines()[1:])
+    return (
+        f"rpki-client -R, from the mirror through rpkirepo's rsync daemon: {len(got)} VRPs "
+        f"in {took:.1f} s, exactly the testbed's expected VRPs: {got == want}"
+    )
 
 
 def main() -> int:
@@ -241,12 +302,10 @@ def main() -> int:
             f"fetched; then {served['again']} (one conditional request). Its tree is identical: "
             f"{_files(out / 'node2' / 'rsync' / 'current') == _files(opts.rsync_dir / 'current')}"
         )
-        print(
-            "\n7. "
-            + _rpki_client(
-                out, tb.tal, mirror.rsync_dir, rsync_port, tb.out_dir / "expected-vrps.csv"
-            )
+        lines = _fetch_and_validate(
+            out, tb.tal, mirror.rsync_dir, rsync_port, tb.out_dir / "expected-vrps.csv"
         )
+        print("\n7. " + "\n   ".join(lines))
         print(
             "\nServe it for real: rpkirepo serve --rrdp-dir demo-out/rrdp --listen ADDR:443 "
             "--tls-cert ... --tls-key ...\n(or nginx with gzip_static, docs/serving.md) and an "
