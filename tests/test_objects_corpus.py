@@ -463,3 +463,27 @@ def test_details_location_is_among_our_uris(corpus: list[Entry]) -> None:
         assert uri in (sia if where == "SIA" else cert.ca_issuers), (e.path, location)
         checked += 1
     assert checked == 783
+
+
+def test_walk_pointers_equal_the_full_reader(corpus: list[Entry]) -> None:
+    """read_ca_pointers / read_manifest_entries (rpkirepo fetch's walk) against read_object, on
+    every corpus certificate and manifest the full reader accepts."""
+    from rpkirepo.objects import Certificate, Manifest, read_ca_pointers, read_manifest_entries
+
+    certs = manifests = 0
+    for e, obj in read_ok(corpus):
+        if isinstance(obj, Certificate):
+            p = read_ca_pointers(e.data)
+            assert (p.kind, p.ca_repository, p.rpki_manifest, p.rpki_notify) == (
+                obj.kind,
+                obj.ca_repository,
+                obj.rpki_manifest,
+                obj.rpki_notify,
+            ), e.path
+            certs += 1
+        elif isinstance(obj, SignedObject) and isinstance(obj.content, Manifest):
+            m = read_manifest_entries(e.data)
+            assert m.manifest_number == obj.content.manifest_number, e.path
+            assert m.files == tuple((f.file, f.hash) for f in obj.content.files), e.path
+            manifests += 1
+    assert certs > 50 and manifests > 50, (certs, manifests)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from asn1crypto import x509
 
@@ -47,7 +49,15 @@ from rpkirepo.fetch.tal import TrustAnchorLocator
 from rpkirepo.fsutil import TMP_PREFIX, DirLock, atomic_write, remove_tree, replace_symlink
 from rpkirepo.httpget import HttpOptions, http_get, read_all
 from rpkirepo.limits import DEFAULT_LIMITS, Limits
-from rpkirepo.objects import Certificate, Manifest, ObjectKind, SignedObject, read_object
+from rpkirepo.objects import (
+    CaPointers,
+    Certificate,
+    ManifestEntries,
+    ObjectKind,
+    read_ca_pointers,
+    read_manifest_entries,
+    read_object,
+)
 from rpkirepo.sync.mirror import STATE_DB
 from rpkirepo.uri import HttpsUri, RsyncUri, uri_to_relpath
 
@@ -131,10 +141,59 @@ class FetchReport:
 # ---- the walk ------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class _Ca:
-    cert: Certificate
+    cert: CaPointers
     uri: str
     depth: int
     tal: str
+
+
+class _ParseCache:
+    """What the walk read from manifests and CA certificates, by the SHA-256 of the file.
+
+    Content-addressed, so an entry can never be stale: a warm run reads only the objects that
+    changed.  Entries not used by a run are dropped at its end (the cache holds one run's CAs).
+    Lives in ``CACHE/walk.db``; a damaged file is replaced.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.conn = self._open()
+        except sqlite3.DatabaseError:
+            path.unlink(missing_ok=True)
+            self.conn = self._open()
+        self.used: set[bytes] = set()
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path)
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS parsed (sha256 BLOB PRIMARY KEY, kind TEXT NOT NULL, "
+            "value TEXT NOT NULL)"
+        )
+        return conn
+
+    def get(self, digest: bytes, kind: str) -> Any:
+        row = self.conn.execute(
+            "SELECT value FROM parsed WHERE sha256=? AND kind=?", (digest, kind)
+        ).fetchone()
+        if row is None:
+            return None
+        self.used.add(digest)
+        return json.loads(row[0])
+
+    def put(self, digest: bytes, kind: str, value: object) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO parsed VALUES (?,?,?)", (digest, kind, json.dumps(value))
+        )
+        self.used.add(digest)
+
+    def close(self) -> None:
+        conn = self.conn
+        conn.execute("CREATE TEMP TABLE used (sha256 BLOB PRIMARY KEY)")
+        conn.executemany("INSERT OR IGNORE INTO used VALUES (?)", ((d,) for d in self.used))
+        conn.execute("DELETE FROM parsed WHERE sha256 NOT IN (SELECT sha256 FROM used)")
+        conn.commit()
+        conn.close()
 
 
 class _Walk:
@@ -157,6 +216,9 @@ class _Walk:
         self.repos_per_tal: dict[str, set[RepositoryKey]] = {}
         self.seen: set[tuple[str, str]] = set()
         self.cas = 0
+        self.parsed = _ParseCache(opts.cache / "walk.db")
+        #: One read-only connection to each store's state, opened after its update.
+        self.connections: dict[RepositoryKey, sqlite3.Connection] = {}
         self.manifest_numbers = self._load_manifest_numbers()
         self.pool = cf.ThreadPoolExecutor(
             max_workers=max(1, opts.concurrency), thread_name_prefix="fetch"
@@ -224,6 +286,9 @@ class _Walk:
                 rep.reasons.append(exc.reason.value)
                 rep.errors.append(str(exc))
             self.updates[key] = rep
+            stale = self.connections.pop(key, None)
+            if stale is not None:
+                stale.close()
             self.progress("repositories", len(self.updates), len(self.stores))
             self.release(key)
 
@@ -320,19 +385,19 @@ class _Walk:
         if not store.has_copy():
             pp.reasons.append(Reason.FETCH_NO_REPOSITORY.value)
             return
-        held = _held_files(store, repo)
+        held = self._held_files(store, repo)
         pp.files = len(held)
         if not mft.is_under(repo) or "/" in mft.relative_to(repo):
             pp.reasons.append(Reason.URI_OUTSIDE_BASE.value)
             return
         try:
-            manifest = self._manifest(store, mft)
+            manifest = self._manifest(store, mft, held.get(mft.relative_to(repo)))
         except RpkiRepoError as exc:
             pp.reasons.append(exc.reason.value)
             return
         self._check_replay(pp, mft.uri, manifest.manifest_number)
         pp.manifest_number = f"{manifest.manifest_number:x}"
-        listed = {f.file: f.hash for f in manifest.files}
+        listed = dict(manifest.files)
         mft_name = mft.relative_to(repo)
         pp.missing = sorted(n for n in listed if n not in held)
         pp.hash_mismatch = sorted(n for n, h in listed.items() if n in held and held[n] != h)
@@ -341,25 +406,73 @@ class _Walk:
             if not name.endswith(".cer") or held.get(name) != digest:
                 continue
             child_uri = repo.join(name)
-            try:
-                data = _read_limited(store.path_of(child_uri), self.limits.max_object_size)
-                child = read_object(data, name=name, limits=self.limits)
-            except RpkiRepoError as exc:
-                log.info("%s: %s", child_uri.uri, exc, extra={"reason": exc.reason})
-                continue
-            if isinstance(child, Certificate) and child.kind is ObjectKind.CA_CERTIFICATE:
+            cached = self.parsed.get(digest, "cer")
+            if cached is not None:
+                child = CaPointers(
+                    ObjectKind(cached[0]), tuple(cached[1]), tuple(cached[2]), tuple(cached[3])
+                )
+            else:
+                try:
+                    data = _read_limited(store.path_of(child_uri), self.limits.max_object_size)
+                    if hashlib.sha256(data).digest() != digest:
+                        continue  # changed since the state was read: next run
+                    child = read_ca_pointers(data, limits=self.limits)
+                except RpkiRepoError as exc:
+                    log.info("%s: %s", child_uri.uri, exc, extra={"reason": exc.reason})
+                    continue
+                self.parsed.put(
+                    digest,
+                    "cer",
+                    [child.kind.value, child.ca_repository, child.rpki_manifest, child.rpki_notify],
+                )
+            if child.kind is ObjectKind.CA_CERTIFICATE:
                 self.add_ca(_Ca(child, child_uri.uri, ca.depth + 1, ca.tal))
 
-    def _manifest(self, store: Store, mft: RsyncUri) -> Manifest:
-        path = store.path_of(mft)
+    def _manifest(self, store: Store, mft: RsyncUri, digest: bytes | None) -> ManifestEntries:
+        if digest is None:
+            raise InputError(Reason.FETCH_MANIFEST_MISSING, "manifest not fetched", uri=mft.uri)
+        cached = self.parsed.get(digest, "mft")
+        if cached is not None:
+            return ManifestEntries(
+                int(cached[0], 16), tuple((n, bytes.fromhex(h)) for n, h in cached[1])
+            )
         try:
-            data = _read_limited(path, self.limits.max_object_size)
+            data = _read_limited(store.path_of(mft), self.limits.max_object_size)
         except InputError as exc:
             raise InputError(Reason.FETCH_MANIFEST_MISSING, "manifest not fetched") from exc
-        obj = read_object(data, name=mft.segments[-1] if mft.segments else None, limits=self.limits)
-        if not isinstance(obj, SignedObject) or not isinstance(obj.content, Manifest):
-            raise InputError(Reason.OBJECT_BAD_CONTENT_TYPE, "not a manifest", uri=mft.uri)
-        return obj.content
+        entries = read_manifest_entries(data, limits=self.limits)
+        if hashlib.sha256(data).digest() == digest:
+            self.parsed.put(
+                digest,
+                "mft",
+                [f"{entries.manifest_number:x}", [[n, h.hex()] for n, h in entries.files]],
+            )
+        return entries
+
+    def _held_files(self, store: Store, repo: RsyncUri) -> dict[str, bytes]:
+        """name -> SHA-256 of the files directly in the publication point ``repo``, from the
+        store's state (no file is read); one read-only connection per store and run."""
+        conn = self.connections.get(store.key)
+        if conn is None:
+            db = store.root / "state" / STATE_DB
+            try:
+                conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, check_same_thread=False)
+            except sqlite3.Error:
+                return {}
+            self.connections[store.key] = conn
+        prefix = uri_to_relpath(repo) + "/"
+        hi = prefix[:-1] + chr(ord("/") + 1)
+        out: dict[str, bytes] = {}
+        try:
+            for path, sha in conn.execute(
+                "SELECT path, sha256 FROM objects WHERE path >= ? AND path < ?", (prefix, hi)
+            ):
+                name = path[len(prefix) :]
+                if "/" not in name:
+                    out[name] = bytes(sha)
+        except sqlite3.Error:
+            return {}
+        return out
 
     def _check_replay(self, pp: PubPointReport, uri: str, number: int) -> None:
         """rrdp-checklist (c)34: a manifest number going backwards is a replay (RFC 9286 §4.2.1);
@@ -402,6 +515,9 @@ class _Walk:
                     self.wait_some()
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
+            for conn in self.connections.values():
+                conn.close()
+            self.parsed.close()
         self.report.repositories = sorted(self.updates.values(), key=lambda r: r.key)
 
 
@@ -414,7 +530,7 @@ def _spki_of(data: bytes) -> bytes:
         raise InputError(Reason.OBJECT_MALFORMED, "TA certificate unreadable") from exc
 
 
-def fetch_ta(tal: TrustAnchorLocator, opts: FetchOptions) -> tuple[Certificate | None, TaReport]:
+def fetch_ta(tal: TrustAnchorLocator, opts: FetchOptions) -> tuple[CaPointers | None, TaReport]:
     """The TA certificate: from the first TAL URI that gives one with the TAL's key, else the
     last good copy."""
     rep = TaReport(tal.name)
@@ -435,9 +551,11 @@ def fetch_ta(tal: TrustAnchorLocator, opts: FetchOptions) -> tuple[Certificate |
                 raise InputError(
                     Reason.FETCH_TA_KEY_MISMATCH, "TA certificate key differs from the TAL's"
                 )
-            cert = read_object(data, name=uri.uri.rsplit("/", 1)[-1], limits=limits)
-            if not isinstance(cert, Certificate) or cert.kind is not ObjectKind.TA_CERTIFICATE:
+            # The full reader once (the TA is one object a run), the walk's pointers from it.
+            full = read_object(data, name=uri.uri.rsplit("/", 1)[-1], limits=limits)
+            if not isinstance(full, Certificate) or full.kind is not ObjectKind.TA_CERTIFICATE:
                 raise InputError(Reason.OBJECT_BAD_CONTENT_TYPE, "not a TA certificate")
+            cert = read_ca_pointers(data, limits=limits)
         except RpkiRepoError as exc:
             log.warning("TA %s: %s", uri.uri, exc, extra={"reason": exc.reason})
             rep.reasons.append(exc.reason.value)
@@ -448,10 +566,9 @@ def fetch_ta(tal: TrustAnchorLocator, opts: FetchOptions) -> tuple[Certificate |
         return cert, rep
     try:
         data = _read_limited(cached, limits.max_object_size)
-        cert = read_object(data, limits=limits)
+        cert = read_ca_pointers(data, limits=limits)
     except RpkiRepoError:
         return None, rep
-    assert isinstance(cert, Certificate)
     rep.transport = "cached"
     rep.reasons.append(Reason.FETCH_STALE.value)
     return cert, rep
@@ -492,31 +609,6 @@ def _read_limited(path: Path, limit: int) -> bytes:
     if len(data) > limit:
         raise LimitExceeded(Reason.OBJECT_TOO_LARGE, "larger than max_object_size", path=str(path))
     return data
-
-
-def _held_files(store: Store, repo: RsyncUri) -> dict[str, bytes]:
-    """name -> SHA-256 of the files directly in the publication point ``repo``, from the store's
-    state (no file is read)."""
-    prefix = uri_to_relpath(repo) + "/"
-    db = store.root / "state" / STATE_DB
-    out: dict[str, bytes] = {}
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    except sqlite3.Error:
-        return out
-    try:
-        hi = prefix[:-1] + chr(ord("/") + 1)
-        for path, sha in conn.execute(
-            "SELECT path, sha256 FROM objects WHERE path >= ? AND path < ?", (prefix, hi)
-        ):
-            name = path[len(prefix) :]
-            if "/" not in name:
-                out[name] = bytes(sha)
-    except sqlite3.Error:
-        return out
-    finally:
-        conn.close()
-    return out
 
 
 def build_view(

@@ -8,7 +8,8 @@ Two readers over the same bytes:
   :class:`AsProviderAttestation` eContent);
 * the **fast path**, a tiny TLV walker with no dependency, answers the publish hot path's
   questions in tens of microseconds: :func:`mtime_of` (RFC 9589 file mtime, never raises),
-  :func:`fast_signing_time` and :func:`detect_kind`.
+  :func:`fast_signing_time` and :func:`detect_kind`; and the walk's: :func:`read_ca_pointers`
+  (a certificate's kind and SIA URIs) and :func:`read_manifest_entries`.
 
 Both start from the same frame checks and apply the same structural rules to the CMS envelope,
 and decode times with the same strict decoder, so they agree (the tests check it on the whole
@@ -41,16 +42,19 @@ from ._model import (
     RpkiObject,
     SignedObject,
 )
+from ._pointers import CaPointers, ManifestEntries, read_ca_pointers, read_manifest_entries
 from ._reader import read_object, read_signing_time
 
 __all__ = [
     "ECONTENT_KINDS",
     "EXTENSION_KINDS",
     "AsProviderAttestation",
+    "CaPointers",
     "Certificate",
     "Crl",
     "FileAndHash",
     "Manifest",
+    "ManifestEntries",
     "ObjectKind",
     "ObjectTime",
     "RoaIpAddress",
@@ -64,6 +68,8 @@ __all__ = [
     "map_exceptions",
     "mtime_of",
     "name_allows",
+    "read_ca_pointers",
+    "read_manifest_entries",
     "read_object",
     "read_signing_time",
 ]
