@@ -1,5 +1,6 @@
 """Hypothesis fuzzing (the h11 invariant): whatever the bytes, only RpkiRepoError subclasses leave
-read_object, detect_kind, fast_signing_time and read_signing_time, and mtime_of never raises.
+read_object, detect_kind, fast_signing_time, read_signing_time, read_ca_pointers and
+read_manifest_entries, and mtime_of never raises.
 
 Inputs: random bytes, random DER-ish trees, and mutations (bit flips, byte overwrites,
 insertions, deletions, truncations, splices) of a sample of real corpus objects, BER included.
@@ -17,14 +18,19 @@ from hypothesis import strategies as st
 from rpkirepo.errors import RpkiRepoError
 from rpkirepo.limits import DEFAULT_LIMITS
 from rpkirepo.objects import (
+    CaPointers,
     Certificate,
     Crl,
+    Manifest,
+    ManifestEntries,
     ObjectTime,
     SignedObject,
     TimeSource,
     detect_kind,
     fast_signing_time,
     mtime_of,
+    read_ca_pointers,
+    read_manifest_entries,
     read_object,
     read_signing_time,
 )
@@ -82,11 +88,22 @@ def check_all(data: bytes, name: str) -> None:
     # The fast signing-time walk is at least as strict as the asn1crypto one, and they agree.
     if not isinstance(fast, RpkiRepoError):
         assert fast == slow
+    pointers = _outcome(read_ca_pointers, data)
+    entries = _outcome(read_manifest_entries, data)
     # Whatever read_object accepts, the fast path reads the same way.
     if isinstance(obj, RpkiRepoError):
         return
     assert isinstance(obj, Certificate | Crl | SignedObject)
     assert kind is obj.kind
+    if isinstance(obj, Certificate) and isinstance(pointers, CaPointers):
+        got = (pointers.kind, pointers.ca_repository, pointers.rpki_manifest, pointers.rpki_notify)
+        assert got == (obj.kind, obj.ca_repository, obj.rpki_manifest, obj.rpki_notify)
+    if (
+        isinstance(obj, SignedObject)
+        and isinstance(obj.content, Manifest)
+        and isinstance(entries, ManifestEntries)
+    ):
+        assert entries.files == tuple((f.file, f.hash) for f in obj.content.files)
     if isinstance(obj, SignedObject):
         assert fast == obj.signing_time
         if obj.signing_time is not None and obj.signing_time.timestamp() >= 0:
