@@ -229,3 +229,22 @@ def test_rsync_only_and_nothing_written_outside_the_cache(repo: Origin, tmp_path
     assert view(cache, repo.module_dir) == repo.objects()
     after = snapshot_of_tree(tmp_path)
     assert {k: v for k, v in after.items() if not k.startswith("cache")} == before
+
+
+def test_one_repository_by_notification_or_rsync_uri(repo: Origin, tmp_path: Path) -> None:
+    from rpkirepo.cli import main
+
+    cache = tmp_path / "by-notify"
+    argv = ["-q", "fetch", "--notify", repo.notify, "--cache", str(cache), "--ca-file",
+            str(repo.tls.ca_cert)]  # fmt: skip
+    assert main(argv) == 0
+    assert view(cache, repo.module_dir) == repo.objects()
+    with repo.rsync():
+        cache = tmp_path / "by-rsync"
+        argv = ["-q", "fetch", "--rsync", repo.rsync_base, "--cache", str(cache)]
+        assert main(argv) == 0
+        assert view(cache, repo.module_dir) == repo.objects()
+        assert main([*argv, "--rsync-external"]) == 0
+        assert view(cache, repo.module_dir) == repo.objects()
+    assert main(argv) == 1  # the daemon is gone: the last good copy stays
+    assert view(cache, repo.module_dir) == repo.objects()
