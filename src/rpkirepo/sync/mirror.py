@@ -41,6 +41,7 @@ import sqlite3
 import stat
 import struct
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -866,7 +867,10 @@ class _Run:
                 writer = BackgroundTree(tree)
                 # Hand the GIL to the writer thread soon after each of its syscalls returns
                 # (the default 5 ms leaves it waiting while the parser runs); restored below.
-                sys.setswitchinterval(0.0005)
+                # The interval is process-wide: only the main thread changes it (``rpkirepo
+                # fetch`` updates stores in a pool, where save/restore pairs would interleave).
+                if threading.current_thread() is threading.main_thread():
+                    sys.setswitchinterval(0.0005)
 
             def flush() -> None:
                 nonlocal count
