@@ -1661,9 +1661,11 @@ def test_unchanged_notification_without_304_fetches_nothing_else(mirror: Mirror)
 FAST = {"http_read_timeout": 1, "http_file_deadline": 1}
 
 
-def timed_refusal(m: Mirror, reason: Reason, limit: str) -> None:
+def timed_refusal(
+    m: Mirror, reason: Reason, limit: str, limits: dict[str, int] | None = None
+) -> None:
     started = time.monotonic()
-    exc = m.refused(RemoteProtocolError, reason, FAST)
+    exc = m.refused(RemoteProtocolError, reason, limits or FAST)
     took = time.monotonic() - started
     assert took < 3, took
     assert exc.context.get("limit") == limit
@@ -1691,7 +1693,13 @@ def test_c31_snapshot_goes_silent_midway(mirror: Mirror) -> None:
         "/rrdp/bad/snapshot.xml",
         Reply(body=snap[: len(snap) // 2], content_length=len(snap), stall=True),
     )
-    timed_refusal(mirror, Reason.HTTP_TIMEOUT, "http_read_timeout")
+    # (With both limits at 1 s the file deadline would end the wait first, and be named.)
+    timed_refusal(
+        mirror,
+        Reason.HTTP_TIMEOUT,
+        "http_read_timeout",
+        {"http_read_timeout": 1, "http_file_deadline": 10},
+    )
 
 
 def test_c31_slow_drip_snapshot_hits_the_file_deadline(mirror: Mirror) -> None:

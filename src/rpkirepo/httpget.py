@@ -91,8 +91,13 @@ class HttpResponse:
         url: str,
         max_size: int,
         deadline: float,
+        read_timeout: float,
+        deadline_limit: str = "http_file_deadline",
     ) -> None:
         self._conn = conn
+        self._read_timeout = read_timeout
+        #: The name of the limit ``deadline`` comes from (for the error's context).
+        self._deadline_limit = deadline_limit
         self._resp = resp
         self.url = url
         self.status = resp.status
@@ -123,16 +128,22 @@ class HttpResponse:
         self._conn.close()
 
     def _read(self) -> bytes:
-        if time.monotonic() > self._deadline:
-            raise RemoteProtocolError(
-                Reason.HTTP_TIMEOUT,
-                "download took too long",
-                url=self.url,
-                limit="http_file_deadline",
-            )
+        remaining = self._deadline - time.monotonic()
+        too_long = RemoteProtocolError(
+            Reason.HTTP_TIMEOUT, "download took too long", url=self.url, limit=self._deadline_limit
+        )
+        if remaining <= 0:
+            raise too_long
+        sock = self._conn.sock
+        if sock is not None:
+            # A silent server is bounded by the read timeout and by the deadline, whichever
+            # comes first (the caller's deadline may be a whole run's).
+            sock.settimeout(min(self._read_timeout, remaining))
         try:
             data = self._resp.read1(CHUNK)
         except TimeoutError as exc:
+            if remaining < self._read_timeout:
+                raise too_long from exc
             raise RemoteProtocolError(
                 Reason.HTTP_TIMEOUT, "server went silent", url=self.url, limit="http_read_timeout"
             ) from exc
@@ -222,10 +233,15 @@ class HttpResponse:
             ) from exc
 
 
-def _connect(url: str, options: HttpOptions) -> tuple[http.client.HTTPConnection, str]:
+def _connect(
+    url: str, options: HttpOptions, deadline: float
+) -> tuple[http.client.HTTPConnection, str]:
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
-    timeout = options.limits.http_read_timeout
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise RemoteProtocolError(Reason.HTTP_TIMEOUT, "no time left", url=url, limit="deadline")
+    timeout = min(options.limits.http_read_timeout, remaining)
     try:
         port = parts.port
     except ValueError as exc:
@@ -254,13 +270,20 @@ def http_get(
     max_size: int,
     validators: Validators | None = None,
     accept_gzip: bool = True,
+    deadline: float | None = None,
 ) -> HttpResponse:
-    """GET ``url``; returns a 200 or 304 response, or raises with a reason code."""
+    """GET ``url``; returns a 200 or 304 response, or raises with a reason code.
+
+    Every wait (connect, headers, each read) is bounded by ``http_read_timeout`` and the whole
+    transfer by ``http_file_deadline``, or by ``deadline`` (a :func:`time.monotonic` value, e.g.
+    a run's) when that comes first."""
     limits = options.limits
-    deadline = time.monotonic() + limits.http_file_deadline
+    own = time.monotonic() + limits.http_file_deadline
+    deadline_limit = "http_file_deadline" if deadline is None or own <= deadline else "deadline"
+    deadline = own if deadline is None else min(own, deadline)
     origin = url
     for _hop in range(limits.http_max_redirects + 1):
-        conn, target = _connect(url, options)
+        conn, target = _connect(url, options, deadline)
         headers = {"User-Agent": options.user_agent, "Accept": "*/*"}
         headers["Accept-Encoding"] = "gzip" if accept_gzip else "identity"
         if validators is not None:
@@ -303,7 +326,9 @@ def http_get(
             url = nxt
             continue
         if resp.status == 200 or (resp.status == 304 and validators is not None):
-            return HttpResponse(conn, resp, url, max_size, deadline)
+            return HttpResponse(
+                conn, resp, url, max_size, deadline, limits.http_read_timeout, deadline_limit
+            )
         resp.close()
         conn.close()
         raise RemoteProtocolError(

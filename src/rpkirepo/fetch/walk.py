@@ -530,9 +530,11 @@ def _spki_of(data: bytes) -> bytes:
         raise InputError(Reason.OBJECT_MALFORMED, "TA certificate unreadable") from exc
 
 
-def fetch_ta(tal: TrustAnchorLocator, opts: FetchOptions) -> tuple[CaPointers | None, TaReport]:
+def fetch_ta(
+    tal: TrustAnchorLocator, opts: FetchOptions, deadline: float
+) -> tuple[CaPointers | None, TaReport]:
     """The TA certificate: from the first TAL URI that gives one with the TAL's key, else the
-    last good copy."""
+    last good copy; every attempt ends by ``deadline`` (a :func:`time.monotonic` value)."""
     rep = TaReport(tal.name)
     ta_dir = opts.cache / "ta"
     ta_dir.mkdir(parents=True, exist_ok=True)
@@ -541,11 +543,13 @@ def fetch_ta(tal: TrustAnchorLocator, opts: FetchOptions) -> tuple[CaPointers | 
     for uri in tal.ordered_uris:
         try:
             if isinstance(uri, HttpsUri):
-                with http_get(uri.uri, options=opts.http, max_size=limits.max_object_size) as r:
+                with http_get(
+                    uri.uri, options=opts.http, max_size=limits.max_object_size, deadline=deadline
+                ) as r:
                     data = read_all(r)
                 transport = "https"
             else:
-                data = _rsync_one_file(uri, opts)
+                data = _rsync_one_file(uri, opts, deadline)
                 transport = "rsync"
             if _spki_of(data) != tal.spki_der:
                 raise InputError(
@@ -574,7 +578,7 @@ def fetch_ta(tal: TrustAnchorLocator, opts: FetchOptions) -> tuple[CaPointers | 
     return cert, rep
 
 
-def _rsync_one_file(uri: RsyncUri, opts: FetchOptions) -> bytes:
+def _rsync_one_file(uri: RsyncUri, opts: FetchOptions, deadline: float) -> bytes:
     """A TA certificate over rsync: its directory is fetched (certificates only) into a
     scratch directory, and the one file is read."""
     from rpkirepo.rsync.client import fetch_module
@@ -588,7 +592,7 @@ def _rsync_one_file(uri: RsyncUri, opts: FetchOptions) -> bytes:
             parent,
             Path(tmp),
             limits=opts.limits,
-            deadline=time.monotonic() + opts.limits.fetch_repository_deadline,
+            deadline=deadline,
             include_extensions=("cer",),
             protocol=opts.rsync_protocol,
         )
@@ -670,7 +674,7 @@ def run_fetch(
                 store.modules.add(module.module_uri.uri)
             walk.submit(key)
         for tal in tals:
-            cert, ta_rep = fetch_ta(tal, opts)
+            cert, ta_rep = fetch_ta(tal, opts, walk._deadline())
             walk.report.tals.append(ta_rep)
             if cert is not None:
                 walk.add_ca(_Ca(cert, ta_rep.uri or tal.name, 0, tal.name))

@@ -477,6 +477,7 @@ class _Run:
             self.o.notification_name,
             max_size=self.o.limits.max_notification_size,
             validators=validators,
+            deadline=self.deadline,
         ) as f:
             if f.not_modified:
                 return None, f.validators
@@ -595,7 +596,9 @@ class _Run:
         done = False
         try:
             with source.open(
-                token if linked else rel, max_size=self.o.limits.max_rrdp_file_size
+                token if linked else rel,
+                max_size=self.o.limits.max_rrdp_file_size,
+                deadline=self.deadline,
             ) as f:
                 if keep and not gz_linked:
                     if f.content_encoding in ("gzip", "x-gzip"):

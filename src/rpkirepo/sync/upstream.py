@@ -65,7 +65,12 @@ class Fetched(Protocol):
 
 class Upstream(Protocol):
     def open(
-        self, rel: str, *, max_size: int, validators: Validators | None = None
+        self,
+        rel: str,
+        *,
+        max_size: int,
+        validators: Validators | None = None,
+        deadline: float | None = None,
     ) -> contextlib.AbstractContextManager[Fetched]: ...
 
     def describe(self, rel: str) -> str: ...
@@ -83,10 +88,19 @@ class HttpUpstream:
 
     @contextlib.contextmanager
     def open(
-        self, rel: str, *, max_size: int, validators: Validators | None = None
+        self,
+        rel: str,
+        *,
+        max_size: int,
+        validators: Validators | None = None,
+        deadline: float | None = None,
     ) -> Iterator[Fetched]:
         with http_get(
-            self.base + rel, options=self.options, max_size=max_size, validators=validators
+            self.base + rel,
+            options=self.options,
+            max_size=max_size,
+            validators=validators,
+            deadline=deadline,
         ) as resp:
             yield resp
 
@@ -149,7 +163,12 @@ class DirUpstream:
 
     @contextlib.contextmanager
     def open(
-        self, rel: str, *, max_size: int, validators: Validators | None = None
+        self,
+        rel: str,
+        *,
+        max_size: int,
+        validators: Validators | None = None,
+        deadline: float | None = None,  # a local file: the run's deadline is checked per chunk
     ) -> Iterator[Fetched]:
         path = self.root / rel
         try:
