@@ -1184,20 +1184,31 @@ def _adopt_locked(
     root = run.revisions / f"{TMP_PREFIX}{token}"
     os.mkdir(root, 0o755)
     cap = run.o.limits.max_repository_objects
+    conn = state.connection
+    name = f"rsync-{token}"
     try:
         build(root, current_root)
-        old = {p: bytes(r.sha256) for p, r in state.objects().items()}
-        rows: list[tuple[str, bytes, int, int]] = []
+        sync_filesystem(root)
+        state.begin()
+        conn.execute("DROP TABLE IF EXISTS temp.incoming")
+        conn.execute(
+            "CREATE TEMP TABLE incoming (path TEXT PRIMARY KEY, sha256 BLOB NOT NULL, "
+            "size INTEGER NOT NULL, mtime INTEGER NOT NULL)"
+        )
+        # Walked and hashed in batches: a million files never sit in memory at once.
+        batch: list[tuple[str, bytes, int, int]] = []
+        count = 0
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
-            for name in sorted(filenames):
-                full = os.path.join(dirpath, name)
+            for fname in sorted(filenames):
+                full = os.path.join(dirpath, fname)
                 st = os.lstat(full)
                 if not stat.S_ISREG(st.st_mode):
                     raise StorageError(
                         Reason.STORAGE_UNEXPECTED, "not a regular file in a fetched tree", path=full
                     )
-                if len(rows) >= cap:
+                count += 1
+                if count > cap:
                     raise LimitExceeded(
                         Reason.TOO_MANY_OBJECTS,
                         "the fetched tree holds more objects than allowed",
@@ -1205,12 +1216,21 @@ def _adopt_locked(
                     )
                 with open(full, "rb") as f:
                     digest = hashlib.file_digest(f, "sha256").digest()
-                rows.append((os.path.relpath(full, root), digest, st.st_size, int(st.st_mtime)))
-        sync_filesystem(root)
-        state.begin()
+                batch.append((os.path.relpath(full, root), digest, st.st_size, int(st.st_mtime)))
+                if len(batch) >= BATCH:
+                    conn.executemany("INSERT INTO incoming VALUES (?,?,?,?)", batch)
+                    batch.clear()
+        conn.executemany("INSERT INTO incoming VALUES (?,?,?,?)", batch)
+        held = conn.execute("SELECT COUNT(*) FROM objects").fetchone()[0]
+        kept, modified = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(o.sha256 != i.sha256), 0) "
+            "FROM objects o JOIN temp.incoming i USING (path)"
+        ).fetchone()
         run.forget_session(state)
-        state.connection.executemany("INSERT INTO objects VALUES (?,?,?,?,x'',0)", rows)
-        name = f"rsync-{token}"
+        conn.execute(
+            "INSERT INTO objects SELECT path, sha256, size, mtime, x'', 0 FROM temp.incoming"
+        )
+        conn.execute("DROP TABLE temp.incoming")
         os.rename(root, run.revisions / name)
         root = run.revisions / name
         fsync_dir(run.revisions)
@@ -1225,18 +1245,15 @@ def _adopt_locked(
     replace_symlink(run.current_link, f"revisions/{name}")
     run.collect_garbage(state)
     _record_attempt(state, run, None)
-    paths = {r[0]: r[1] for r in rows}
-    added = sum(1 for p in paths if p not in old)
-    modified = sum(1 for p, d in paths.items() if p in old and old[p] != d)
     return SyncResult(
         "rsync",
         None,
         "",
         0,
-        objects=len(rows),
-        added=added,
+        objects=count,
+        added=count - kept,
         modified=modified,
-        removed=sum(1 for p in old if p not in paths),
+        removed=held - kept,
     )
 
 
