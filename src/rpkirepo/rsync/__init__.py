@@ -11,6 +11,15 @@ from __future__ import annotations
 from rpkirepo.rsync._args import ServerArgs, parse_server_args
 from rpkirepo.rsync._filters import FilterRule, FilterSet, parse_rule
 from rpkirepo.rsync._model import Entry, FileList, FlistOptions, Revision, RevisionBuilder
+from rpkirepo.rsync._receiver import (
+    NEED_DATA,
+    FileListReceived,
+    FileReceived,
+    ListEntry,
+    Receiver,
+    ServerMessage,
+    SessionDone,
+)
 from rpkirepo.rsync._session import (
     SERVER_PROTOCOL,
     ClientMessage,
@@ -24,20 +33,27 @@ from rpkirepo.rsync._session import (
 from rpkirepo.rsync._state import State
 
 __all__ = [
+    "NEED_DATA",
     "SERVER_PROTOCOL",
     "ClientMessage",
     "Entry",
     "Event",
     "FileList",
+    "FileListReceived",
+    "FileReceived",
     "FileSent",
     "FilterRule",
     "FilterSet",
     "FlistOptions",
+    "ListEntry",
     "ModuleListed",
+    "Receiver",
     "Revision",
     "RevisionBuilder",
     "ServerArgs",
+    "ServerMessage",
     "Session",
+    "SessionDone",
     "SessionEnded",
     "State",
     "TransferStarted",
