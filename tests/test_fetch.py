@@ -248,3 +248,35 @@ def test_one_repository_by_notification_or_rsync_uri(repo: Origin, tmp_path: Pat
         assert view(cache, repo.module_dir) == repo.objects()
     assert main(argv) == 1  # the daemon is gone: the last good copy stays
     assert view(cache, repo.module_dir) == repo.objects()
+
+
+def test_ta_over_rsync_fetches_that_one_file(repo: Origin, tmp_path: Path) -> None:
+    from rpkirepo.errors import LocalProtocolError
+    from rpkirepo.fetch import parse_tal
+    from rpkirepo.rsync.client import fetch_module
+    from rpkirepo.uri import RsyncUri
+
+    with repo.rsync():
+        dest = tmp_path / "one"
+        dest.mkdir()
+        got = fetch_module(RsyncUri(repo.rsync_base), dest, only_names=("ta.cer",))
+        assert [f.path for f in got.files] == ["ta.cer"]
+        assert [p.name for p in dest.rglob("*")] == ["ta.cer"]
+        for bad in ("*.cer", "../ta.cer", "ta/ta.mft", ""):
+            with pytest.raises(LocalProtocolError):
+                fetch_module(RsyncUri(repo.rsync_base), tmp_path / "x", only_names=(bad,))
+        # A TAL with its rsync URI only: the walk gets the TA over rsync, then RRDP as usual.
+        text = repo.tal.read_text().splitlines()
+        tal = parse_tal(
+            "\n".join(line for line in text if not line.startswith("https://")).encode(), "ta"
+        )
+        from rpkirepo.fetch import FetchOptions, run_fetch
+        from rpkirepo.httpget import HttpOptions
+
+        report = run_fetch(
+            FetchOptions(cache=tmp_path / "cache", http=HttpOptions(ca_file=repo.tls.ca_cert)),
+            tals=[tal],
+        )
+    assert [(t.transport, t.uri) for t in report.tals] == [("rsync", repo.rsync_base + "ta.cer")]
+    assert view(tmp_path / "cache", repo.module_dir) == repo.objects()
+    assert (tmp_path / "cache" / "objects" / "ta" / "ta" / "ta.cer").is_file()

@@ -579,8 +579,9 @@ def fetch_ta(
 
 
 def _rsync_one_file(uri: RsyncUri, opts: FetchOptions, deadline: float) -> bytes:
-    """A TA certificate over rsync: its directory is fetched (certificates only) into a
-    scratch directory, and the one file is read."""
+    """A TA certificate over rsync: that one file of its directory is fetched (anchored
+    filter rules; anything else the server lists is skipped) into a scratch directory, and
+    read."""
     from rpkirepo.rsync.client import fetch_module
 
     parent_text, _, name = uri.uri.rpartition("/")
@@ -593,7 +594,7 @@ def _rsync_one_file(uri: RsyncUri, opts: FetchOptions, deadline: float) -> bytes
             Path(tmp),
             limits=opts.limits,
             deadline=deadline,
-            include_extensions=("cer",),
+            only_names=(name,),
             protocol=opts.rsync_protocol,
         )
         return _read_limited(Path(tmp) / name, opts.limits.max_object_size)

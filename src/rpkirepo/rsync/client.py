@@ -379,7 +379,9 @@ class _Fetch:
         limits: Limits,
         extensions: frozenset[str] | None,
         min_size: int,
+        names: frozenset[str] | None = None,
     ) -> None:
+        self.names = names
         self.receiver = receiver
         self.dest = dest
         self.writer = _Writer(dest)
@@ -408,7 +410,12 @@ class _Fetch:
                 if e.kind is EntryKind.OTHER:
                     self.skipped += 1
                 continue
-            if e.size > max_size or e.size < min_size or not _included(e.name, self.extensions):
+            if (
+                e.size > max_size
+                or e.size < min_size
+                or not _included(e.name, self.extensions)
+                or (self.names is not None and e.name not in self.names)
+            ):
                 self.skipped += 1
                 continue
             self.listed.append(i)
@@ -543,14 +550,37 @@ def fetch_module(
     compress: bool = False,
     include_extensions: tuple[str, ...] | None = None,
     min_size: int = 0,
+    only_names: tuple[str, ...] | None = None,
 ) -> ModuleFetch:
     """Fetch the directory ``uri`` names into the empty directory ``dest``; see the module
     docstring.  ``deadline`` is a :func:`time.monotonic` value (default: now +
-    ``fetch_repository_deadline``); ``min_size`` skips smaller files (rpki-client: 100)."""
+    ``fetch_repository_deadline``); ``min_size`` skips smaller files (rpki-client: 100).
+    ``only_names``: fetch just these files of the directory itself (a TA certificate), by
+    anchored filter rules, and refuse anything else the server lists."""
     if deadline is None:
         deadline = time.monotonic() + limits.fetch_repository_deadline
     extensions = _extensions(include_extensions)
     rules = include_rules(sorted(extensions), protocol) if extensions is not None else ()
+    names = None
+    if only_names is not None:
+        if extensions is not None:
+            raise LocalProtocolError(
+                Reason.RSYNC_CLIENT_PROTOCOL, "only_names and include_extensions together"
+            )
+        for name in only_names:
+            if (
+                not name
+                or not name.isascii()
+                or any(c in name for c in "/*?[]\\")
+                or name in (".", "..")
+            ):
+                raise LocalProtocolError(
+                    Reason.RSYNC_CLIENT_PROTOCOL, "only_names takes plain file names", name=name
+                )
+            check_name(name.encode("ascii"), limits, False)
+        names = frozenset(only_names)
+        exclude = b"- *" if protocol >= 29 else b"*"
+        rules = (*(b"+ /" + n.encode("ascii") for n in sorted(names)), exclude)
     receiver = Receiver(
         uri.module,
         uri.path,
@@ -569,7 +599,7 @@ def fetch_module(
                 base = _Tree(basis)
             except StorageError:
                 log.info("rsync basis %s is not usable: fetching everything", basis)
-        fetch = _Fetch(receiver, out, base, limits, extensions, min_size)
+        fetch = _Fetch(receiver, out, base, limits, extensions, min_size, names)
         try:
             sock = _connect(uri, limits, deadline)
             try:
