@@ -4,22 +4,30 @@ Setup (all in a scratch directory, all on loopback): an RRDP directory like `rpk
 writes (notification + ``.gz``, a snapshot of --snapshot-mb with ``.gz``, 20 deltas), an ECDSA
 P-256 certificate, nginx 1 worker (``sendfile on``, ``gzip_static on``, access log off, the
 cache headers of docs/serving.md) and ``rpkirepo serve`` 1 worker (no access log) - each on a
-plain and a TLS port.  Then, for each server in turn:
+plain and a TLS port.  All servers are started first and stay up; each of --repeat rounds then
+measures them one after the other, so that every server sees the same drift of a shared
+machine's load, and each figure's best round is kept (all rounds' values are in ``*_runs``):
 
 * ``keepalive_rps``: wrk, 1 thread, 50 keep-alive connections, GET notification.xml (identity);
-* ``tls_new_conn_per_s``: wrk over TLS with ``Connection: close`` (one full handshake per
-  request; wrk does not resume sessions), GET notification.xml;
+  ``keepalive_cpu_us_per_req``: the server's CPU (user + system, /proc) per request in that run;
+* ``tls_new_conn_per_s``: wrk over TLS with ``Connection: close``, GET notification.xml: one
+  handshake per request.  wrk keeps its ``SSL`` object across reconnects (``SSL_shutdown`` +
+  ``SSL_clear``), so it offers the session it was given (TLS 1.3 ticket) and both servers, with
+  tickets on by default, resume it: a PSK handshake with a fresh X25519 exchange, no certificate
+  signature.  ``tls_cpu_us_per_conn``: the server's CPU per connection;
 * ``idle_10k_rss_mb``: 10,000 plain keep-alive connections each make one request and then stay
   idle; the server's RSS (nginx: master + worker) is read from /proc while they are held, and
-  ``rps_with_10k_idle`` is wrk's keep-alive rate on other connections meanwhile;
+  ``rps_with_10k_idle`` is wrk's keep-alive rate on other connections meanwhile (last round);
 * ``snapshot_mb_per_s`` / ``snapshot_tls_mb_per_s``: wrk, 2 connections, GET of the whole
   snapshot (identity), body MB/s; ``snapshot_rss_mb``: the server's RSS after it.
 
 The machine has 2 cores: wrk (1 thread) takes one, the server the other.  Each wrk run lasts
---seconds.  Needs wrk (Debian package) and nginx; exits 2 if either is missing.
+--seconds; ``load_average`` is the 1-minute load after each server's round.  Needs wrk (Debian
+package) and nginx; exits 2 if either is missing.
 
     .venv/bin/python benchmarks/bench_serve.py                # a table
     .venv/bin/python benchmarks/bench_serve.py --json         # one JSON object (make bench)
+    .venv/bin/python benchmarks/bench_serve.py --only keepalive,tls --loops uvloop --repeat 5
 """
 
 from __future__ import annotations
@@ -47,10 +55,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 SESSION = "3d9e4c1a-7f52-4b8e-9a61-0c2f5d8e7b14"
 BASE = "https://rrdp.example.net/rrdp/"
 MIB = 1024 * 1024
+MEASUREMENTS = ("keepalive", "tls", "snapshot", "idle")
 RATIO_KEYS = (
     "keepalive_rps",
     "tls_new_conn_per_s",
@@ -58,7 +68,12 @@ RATIO_KEYS = (
     "snapshot_tls_mb_per_s",
     "idle_10k_rss_mb",
     "rps_with_10k_idle",
+    "keepalive_cpu_us_per_req",
+    "tls_cpu_us_per_conn",
 )
+
+
+Runner = Callable[..., contextlib.AbstractContextManager[dict[str, list[int]]]]
 
 
 def free_port() -> int:
@@ -163,7 +178,7 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15) -> 
 @contextlib.contextmanager
 def nginx(
     work: Path, rrdp: Path, cert: Path, key: Path, plain: int, tls: int
-) -> Iterator[list[int]]:
+) -> Iterator[dict[str, list[int]]]:
     work.mkdir()
     (work / "tmp").mkdir()
     user = ""
@@ -223,7 +238,8 @@ http {{
         wait_port(plain, proc)
         wait_port(tls, proc)
         time.sleep(0.3)
-        yield [proc.pid, *children(proc.pid)]
+        pids = [proc.pid, *children(proc.pid)]
+        yield {"plain": pids, "tls": pids}
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
@@ -232,7 +248,7 @@ http {{
 @contextlib.contextmanager
 def rpkirepo(
     work: Path, rrdp: Path, cert: Path, key: Path, plain: int, tls: int, loop: str = "asyncio"
-) -> Iterator[list[int]]:
+) -> Iterator[dict[str, list[int]]]:
     work.mkdir()
     cfg = work / "rpkirepo.toml"
     cfg.write_text(
@@ -267,7 +283,8 @@ def rpkirepo(
     try:
         wait_port(plain, procs[0])
         wait_port(tls, procs[1])
-        yield [procs[0].pid]  # the plain-port process: the one the RSS figures are about
+        # one process per port; RSS figures are the plain-port process's
+        yield {"plain": [procs[0].pid], "tls": [procs[1].pid]}
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -284,6 +301,20 @@ def children(pid: int) -> list[int]:
     return [int(x) for x in out.split()]
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of ``pids`` so far (from /proc, clock ticks)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def loadavg() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
 def rss_mb(pids: list[int]) -> float:
     total = 0
     for pid in pids:
@@ -295,7 +326,7 @@ def rss_mb(pids: list[int]) -> float:
     return round(total / 1024, 1)
 
 
-def wrk(url: str, seconds: int, conns: int, *headers: str) -> dict[str, float]:
+def wrk(url: str, seconds: int, conns: int, *headers: str) -> dict[str, Any]:
     argv = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s"]
     for h in headers:
         argv += ["-H", h]
@@ -352,35 +383,86 @@ def hold_idle(port: int, n: int, path: str) -> list[socket.socket]:
     return socks
 
 
+def timed_wrk(pids: list[int], url: str, seconds: int, conns: int, *headers: str) -> dict[str, Any]:
+    """One wrk run, with the server's CPU per request and the load average after it."""
+    cpu0 = cpu_seconds(pids)
+    w = wrk(url, seconds, conns, *headers)
+    cpu = cpu_seconds(pids) - cpu0
+    total = w["rps"] * seconds
+    w["cpu_us_per_req"] = round(cpu / total * 1e6, 1) if total else 0.0
+    w["load"] = loadavg()
+    return w
+
+
+#: Each figure (the best of the rounds is kept) with the figures taken from the same wrk run.
+FIGURES = {
+    "keepalive_rps": ("keepalive_errors", "keepalive_cpu_us_per_req", "keepalive_load"),
+    "tls_new_conn_per_s": ("tls_errors", "tls_cpu_us_per_conn", "tls_load"),
+    "snapshot_mb_per_s": ("snapshot_rss_mb",),
+    "snapshot_tls_mb_per_s": (),
+    "rps_with_10k_idle": ("idle_10k_rss_mb", "rss_before_idle_mb"),
+}
+
+
 def measure(
-    name: str, pids: list[int], plain: int, tls: int, urls: dict[str, str], seconds: int, idle: int
-) -> dict[str, object]:
+    name: str,
+    procs: dict[str, list[int]],
+    plain: int,
+    tls: int,
+    urls: dict[str, str],
+    seconds: int,
+    idle: int,
+    only: set[str],
+) -> dict[str, Any]:
+    """One round of the figures in ``only`` for one server."""
     note = urls["notification"]
     snap = urls["snapshot"]
-    r: dict[str, object] = {}
-    print(f"  {name}: keep-alive ...", file=sys.stderr, flush=True)
-    w = wrk(f"http://127.0.0.1:{plain}{note}", seconds, 50)
-    r["keepalive_rps"], r["keepalive_errors"] = w["rps"], w["errors"] or w["non2xx"]
-    print(f"  {name}: new TLS connections ...", file=sys.stderr, flush=True)
-    w = wrk(f"https://127.0.0.1:{tls}{note}", seconds, 50, "Connection: close")
-    r["tls_new_conn_per_s"], r["tls_errors"] = w["rps"], w["errors"] or w["non2xx"]
-    print(f"  {name}: snapshot ...", file=sys.stderr, flush=True)
-    w = wrk(f"http://127.0.0.1:{plain}{snap}", seconds, 2)
-    r["snapshot_mb_per_s"] = w["mb_per_s"]
-    r["snapshot_rss_mb"] = rss_mb(pids)
-    w = wrk(f"https://127.0.0.1:{tls}{snap}", seconds, 2)
-    r["snapshot_tls_mb_per_s"] = w["mb_per_s"]
-    print(f"  {name}: {idle} idle connections ...", file=sys.stderr, flush=True)
-    r["rss_before_idle_mb"] = rss_mb(pids)
-    socks = hold_idle(plain, idle, note)
-    try:
-        r["idle_10k_rss_mb"] = rss_mb(pids)
-        w = wrk(f"http://127.0.0.1:{plain}{note}", max(3, seconds // 2), 20)
-        r["rps_with_10k_idle"] = w["rps"]
-    finally:
-        for s in socks:
-            s.close()
+    pids, tls_pids = procs["plain"], procs["tls"]
+    r: dict[str, Any] = {}
+    if "keepalive" in only:
+        print(f"  {name}: keep-alive ...", file=sys.stderr, flush=True)
+        w = timed_wrk(pids, f"http://127.0.0.1:{plain}{note}", seconds, 50)
+        r["keepalive_rps"], r["keepalive_errors"] = w["rps"], w["errors"] or w["non2xx"]
+        r["keepalive_cpu_us_per_req"], r["keepalive_load"] = w["cpu_us_per_req"], w["load"]
+    if "tls" in only:
+        print(f"  {name}: new TLS connections ...", file=sys.stderr, flush=True)
+        w = timed_wrk(tls_pids, f"https://127.0.0.1:{tls}{note}", seconds, 50, "Connection: close")
+        r["tls_new_conn_per_s"], r["tls_errors"] = w["rps"], w["errors"] or w["non2xx"]
+        r["tls_cpu_us_per_conn"], r["tls_load"] = w["cpu_us_per_req"], w["load"]
+    if "snapshot" in only:
+        print(f"  {name}: snapshot ...", file=sys.stderr, flush=True)
+        w = timed_wrk(pids, f"http://127.0.0.1:{plain}{snap}", seconds, 2)
+        r["snapshot_mb_per_s"] = w["mb_per_s"]
+        r["snapshot_rss_mb"] = rss_mb(pids)
+        w = timed_wrk(tls_pids, f"https://127.0.0.1:{tls}{snap}", seconds, 2)
+        r["snapshot_tls_mb_per_s"] = w["mb_per_s"]
+    if "idle" in only:
+        print(f"  {name}: {idle} idle connections ...", file=sys.stderr, flush=True)
+        r["rss_before_idle_mb"] = rss_mb(pids)
+        socks = hold_idle(plain, idle, note)
+        try:
+            r["idle_10k_rss_mb"] = rss_mb(pids)
+            w = wrk(f"http://127.0.0.1:{plain}{note}", max(3, seconds // 2), 20)
+            r["rps_with_10k_idle"] = w["rps"]
+        finally:
+            for s in socks:
+                s.close()
     return r
+
+
+def best_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per figure, the round where it was best (and that run's companions); all values too."""
+    out: dict[str, Any] = {}
+    for key, companions in FIGURES.items():
+        runs = [r for r in rounds if key in r]
+        if not runs:
+            continue
+        best = max(runs, key=lambda r: float(r[key]))
+        out[key] = best[key]
+        out[key + "_runs"] = [r[key] for r in runs]
+        for c in companions:
+            out[c] = best[c]
+    return out
 
 
 def main() -> int:
@@ -389,7 +471,23 @@ def main() -> int:
     ap.add_argument("--snapshot-mb", type=int, default=64)
     ap.add_argument("--idle", type=int, default=10_000)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--only",
+        default=",".join(MEASUREMENTS),
+        help="comma-separated subset of: " + ",".join(MEASUREMENTS),
+    )
+    ap.add_argument(
+        "--loops",
+        default="asyncio,uvloop",
+        help="event loops to run rpkirepo serve on (asyncio, uvloop)",
+    )
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="rounds over all servers; each figure's best kept"
+    )
     args = ap.parse_args()
+    only = set(args.only.split(","))
+    if not only <= set(MEASUREMENTS):
+        ap.error(f"--only: not among {','.join(MEASUREMENTS)}")
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             print(f"{tool} is not installed (apt-get install {tool})", file=sys.stderr)
@@ -412,21 +510,40 @@ def main() -> int:
             "seconds_per_run": args.seconds,
             "snapshot_mb": args.snapshot_mb,
             "idle_connections": args.idle,
+            "started": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True)
             .stdout.split("\n")[0]
             .strip(),
         }
-        runners: list[tuple[str, Callable[..., contextlib.AbstractContextManager[list[int]]]]] = [
-            ("nginx", nginx),
-            ("rpkirepo", functools.partial(rpkirepo, loop="asyncio")),
-        ]
-        if importlib.util.find_spec("uvloop") is not None:
+        runners: list[tuple[str, Runner]] = [("nginx", nginx)]
+        loops = args.loops.split(",")
+        if "asyncio" in loops:
+            runners.append(("rpkirepo", functools.partial(rpkirepo, loop="asyncio")))
+        if "uvloop" in loops and importlib.util.find_spec("uvloop") is not None:
             runners.append(("rpkirepo_uvloop", functools.partial(rpkirepo, loop="uvloop")))
-        for name, runner in runners:
-            plain, tls = free_port(), free_port()
-            print(f"== {name}", file=sys.stderr, flush=True)
-            with runner(tmp / name, tmp / "rrdp", cert, key, plain, tls) as pids:
-                result[name] = measure(name, pids, plain, tls, urls, args.seconds, args.idle)
+        # All servers run at once (idle unless measured); each round measures them one after
+        # the other, so that every server sees the same drift of a shared machine's load.
+        with contextlib.ExitStack() as stack:
+            started: list[tuple[str, dict[str, list[int]], int, int]] = []
+            for name, runner in runners:
+                plain, tls = free_port(), free_port()
+                print(f"== starting {name}", file=sys.stderr, flush=True)
+                procs = stack.enter_context(runner(tmp / name, tmp / "rrdp", cert, key, plain, tls))
+                started.append((name, procs, plain, tls))
+            rounds: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in runners}
+            loads = [loadavg()]
+            for rnd in range(args.repeat):
+                for name, procs, plain, tls in started:
+                    # idle connections last: memory they leave behind would skew later RSS
+                    wanted = only if rnd == args.repeat - 1 else only - {"idle"}
+                    rounds[name].append(
+                        measure(name, procs, plain, tls, urls, args.seconds, args.idle, wanted)
+                    )
+                    loads.append(loadavg())
+            result["load_average"] = loads
+            result["finished"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+            for name, _ in runners:
+                result[name] = best_of(rounds[name])
         ref = result["nginx"]
         assert isinstance(ref, dict)
         for name, _ in runners[1:]:
@@ -435,6 +552,7 @@ def main() -> int:
             result[f"ratios_{name}"] = {
                 k: round(float(ours[k]) / float(ref[k]), 2) if float(ref[k]) else None
                 for k in RATIO_KEYS
+                if k in ref
             }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -445,7 +563,7 @@ def main() -> int:
         print(f"{'':24}" + "".join(f"{n:>17}" for n in names))
         ref = result["nginx"]
         assert isinstance(ref, dict)
-        for k in (k for k in ref if not k.endswith("errors")):
+        for k in (k for k in ref if not k.endswith(("errors", "_runs"))):
             cells = []
             for n in names:
                 value = result[n][k]  # type: ignore[index]

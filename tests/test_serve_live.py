@@ -92,13 +92,13 @@ def running(
     if "error" in box:
         raise AssertionError(f"server failed to start: {box['error']!r}")
     server = box["server"]
-    loop = box["loop"]
-    assert isinstance(server, Server) and isinstance(loop, asyncio.AbstractEventLoop)
+    ev_loop = box["loop"]
+    assert isinstance(server, Server) and isinstance(ev_loop, asyncio.AbstractEventLoop)
     try:
         yield server
     finally:
         with contextlib.suppress(RuntimeError):  # the test may have stopped it already
-            loop.call_soon_threadsafe(server.request_stop)
+            ev_loop.call_soon_threadsafe(server.request_stop)
         thread.join(15)
         assert not thread.is_alive(), "server did not stop"
 
@@ -455,10 +455,49 @@ def test_pipelining_flood_is_held_back_by_tcp(loop: str, repo: RrdpDir) -> None:
                 for a in answers
             )
         # and another client is served meanwhile
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        conn.request("GET", "/healthz")
-        assert conn.getresponse().status == 200
-        conn.close()
+        other = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        other.request("GET", "/healthz")
+        assert other.getresponse().status == 200
+        other.close()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_flood_of_replayed_heads_is_held_back_by_tcp(loop: str, repo: RrdpDir) -> None:
+    """The fast path (serve/_fast.py) answers a head it has seen with one write: a client that
+    sends such heads one at a time and never reads must still be held back by TCP."""
+    with running(repo.root, loop=loop) as server:
+        port = port_of(server)
+        one = b"GET /rrdp/notification.xml HTTP/1.1\r\nHost: h\r\n\r\n"
+        assert raw(port, one.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        assert raw(port, one.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.setblocking(False)
+            sent = 0
+            stalled_since = None
+            t0 = time.monotonic()
+            while sent < 1_000_000 and time.monotonic() - t0 < 10:
+                try:
+                    n = s.send(one)
+                    if n < len(one):
+                        break
+                    sent += 1
+                    stalled_since = None
+                except BlockingIOError:
+                    stalled_since = stalled_since or time.monotonic()
+                    if time.monotonic() - stalled_since > 1.0:
+                        break
+                    time.sleep(0.01)
+            assert sent < 1_000_000, "the server kept answering requests nobody collects"
+            [conn] = [c for c in server.conns if c.host == "127.0.0.1"]
+            assert conn.paused  # the transport told us the client does not read
+            assert conn.core.pending <= FAST.serve_max_pipelined
+            assert len(conn.core._buf) <= 512 * 1024
+            t = conn.transport
+            assert t is not None and t.get_write_buffer_size() <= 4 * 1024 * 1024
+        text = metrics_text(server)
+        assert metric(text, "rpkirepo_serve_requests_total", kind="notification", status="200") > 2
+        assert metric(text, "rpkirepo_serve_replayed_total") > 0  # the fast path answered
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,7 @@ def doc_block(marker: str) -> str:
     text = (REPO_ROOT / "docs" / "serving.md").read_text()
     blocks = re.findall(r"```nginx\n(.*?)```", text, re.S)
     [block] = [b for b in blocks if b.startswith(f"# serving.md: {marker}\n")]
-    return block
+    return str(block)
 
 
 def fill(block: str, tls: TlsCa, port: int, rrdp: Path, **more: str) -> str:
@@ -161,7 +161,10 @@ def test_nginx_caching_proxy_config_from_the_docs(root: Path, tls: TlsCa) -> Non
             },
         )  # fmt: skip
         with nginx_custom(work / "nginx", conf, port=port, binary=nginx) as server:
-            ctx = lambda: server.logs() + "\n" + origin.logs()  # noqa: E731
+
+            def ctx() -> str:
+                return server.logs() + "\n" + origin.logs()
+
             status, h, body = get(tls, port, "/rrdp/notification.xml")
             assert (status, body) == (200, repo.notification), ctx()
             assert h["x-cache-status"] == "MISS"
@@ -274,12 +277,12 @@ def test_rpki_client_validates_a_testbed_through_rpkirepo_serve(root: Path, tls:
                     r'serial="(\d+)"', (out / "rrdp" / "notification.xml").read_text()
                 )
                 assert serial is not None
-                assert _until(
-                    lambda s=serial: (
-                        get(tls, port, "/healthz")[2] == f"ok serial {s.group(1)}\n".encode()
-                    ),
-                    5,
-                )
+                want = f"ok serial {serial.group(1)}\n".encode()
+
+                def at_serial(want: bytes = want) -> bool:
+                    return get(tls, port, "/healthz")[2] == want
+
+                assert _until(at_serial, 5)
             mark = len(server.access_lines())
             result = run_rpki_client(
                 work / "rpki-client", testbed / "ta.tal", binary=binary, trust=tls.ca_cert,
@@ -292,7 +295,11 @@ def test_rpki_client_validates_a_testbed_through_rpkirepo_serve(root: Path, tls:
             assert result.vrps() == _want_vrps(testbed), ctx
             meta = result.metadata()
             assert meta.get("failedmanifests") == 0 and meta.get("invalidroas", 0) == 0, ctx
-            assert _until(lambda m=mark: len(server.access_lines()) - m >= 2, 5), ctx
+
+            def logged(m: int = mark) -> bool:
+                return len(server.access_lines()) - m >= 2
+
+            assert _until(logged, 5), ctx
             lines = server.access_lines()[mark:]
             served = [re.search(r'"GET (\S+) HTTP/1\.1" (\d+)', line) for line in lines]
             got = {(m.group(1).rsplit("/", 1)[-1], m.group(2)) for m in served if m}

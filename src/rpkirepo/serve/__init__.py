@@ -5,6 +5,8 @@ Layers (docs/architecture.md, "serve"):
 * :mod:`._http` -- sans-I/O HTTP/1.1 request parsing with hard limits (:class:`HttpConnection`);
 * :mod:`._view` -- the served set as values (:class:`View`, :class:`Entry`, :class:`Body`);
 * :mod:`._respond` -- request + view -> :class:`Response` (conditional, gzip, ranges), pure;
+* :mod:`._fast` -- the fast path: the answers of the two above, replayed for byte-identical
+  request heads (:class:`~._fast.ResponseCache`);
 * :mod:`._revision` -- loading a notification and its files, atomic switches, grace periods;
 * :mod:`._server` -- the asyncio adapter (TLS, timeouts, limits, metrics, access log, workers);
 * :mod:`.command` -- the command line.

@@ -246,6 +246,18 @@ class HttpConnection:
         return bool(buf) and (buf[0] not in b"\r\n" or bool(buf.strip(b"\r\n")))
 
     @property
+    def at_rest(self) -> bool:
+        """Nothing buffered or queued, and another request may come: the next request's answer
+        depends on its bytes alone (the adapter's fast path, :mod:`._fast`, relies on this)."""
+        return (
+            not self._buf
+            and not self._queue
+            and self.keep_alive
+            and not self._dead
+            and not self._closed
+        )
+
+    @property
     def pending(self) -> int:
         return len(self._queue)
 

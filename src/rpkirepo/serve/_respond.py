@@ -23,7 +23,7 @@ from rpkirepo.errors import RpkiRepoError
 from rpkirepo.serve._http import Request, status_of
 from rpkirepo.serve._view import Body, Entry, FileHandle, View, http_date
 
-__all__ = ["FileSlice", "Response", "error_response", "respond"]
+__all__ = ["FileSlice", "Response", "date_line", "error_response", "respond"]
 
 REASONS: Final = {
     200: "OK",
@@ -83,6 +83,11 @@ class _DateCache:
 
 
 _date = _DateCache()
+
+
+def date_line(now: float) -> bytes:
+    """The ``Date`` header line every response carries (cached per second)."""
+    return _date.get(now)
 
 
 def _head(

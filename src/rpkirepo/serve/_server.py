@@ -4,7 +4,12 @@ Everything protocol-shaped lives in the sans-I/O modules (:mod:`._http` parses,
 :mod:`._respond` decides, :mod:`._revision` loads); this module only moves bytes and time:
 
 * one :class:`_Conn` (an ``asyncio.Protocol``) per connection feeds received bytes to its
-  :class:`~rpkirepo.serve._http.HttpConnection` and writes each response.  In-memory bodies are
+  :class:`~rpkirepo.serve._http.HttpConnection` and writes each response.  In front of that,
+  the fast path (:mod:`._fast`): a chunk that is one whole request head, arriving on a
+  connection at rest, is looked up in the server's :class:`~._fast.ResponseCache`; a hit is
+  answered with one ``write`` of the stored answer (its ``Date`` renewed each second), after the
+  rate limit and followed by the access log, exactly as the reference path would; a miss takes
+  the reference path, whose answer is stored when it can be replayed.  In-memory bodies are
   written with the head in one ``write``; file bodies go through ``loop.sendfile`` (plain TCP,
   ``sendfile(2)``: the bytes never enter Python) or, under TLS, ``pread`` in 256 KiB chunks
   paced by the transport's flow control, so memory stays flat for any snapshot size;
@@ -48,6 +53,7 @@ from rpkirepo.errors import ConfigError, Reason, RpkiRepoError
 from rpkirepo.limits import DEFAULT_LIMITS, Limits
 from rpkirepo.log import JsonFormatter
 from rpkirepo.metrics import Metric, render
+from rpkirepo.serve._fast import MAX_HEAD, Cached, ResponseCache
 from rpkirepo.serve._http import NEED_DATA, HttpConnection, Request
 from rpkirepo.serve._respond import (
     FileSlice,
@@ -112,9 +118,17 @@ class Stats:
         self.refusals: Counter[str] = Counter()
         self.connections_total = 0
         self.connections_open = 0
+        self.replayed = 0
 
     def refuse(self, reason: Reason | str) -> None:
         self.refusals[str(reason)] += 1
+
+    def add(self, kind: str, status: int, requests: int, sent: int) -> None:
+        """Count ``requests`` answers replayed by the fast path (folded in batches)."""
+        self.replayed += requests
+        self.requests[(kind, status)] += requests
+        if sent:
+            self.bytes[kind] += sent
 
     def metrics(self, watcher: RevisionWatcher, worker: int) -> list[Metric]:
         w = {"worker": str(worker)}
@@ -161,6 +175,13 @@ class Stats:
                 )
             )
         out += [
+            (
+                "rpkirepo_serve_replayed_total",
+                "counter",
+                "Requests answered with a stored answer to the same request head (fast path)",
+                self.replayed,
+                w,
+            ),
             (
                 "rpkirepo_serve_connections_total",
                 "counter",
@@ -309,6 +330,7 @@ class AccessLog:
 class _Conn(asyncio.Protocol):
     __slots__ = (
         "busy",
+        "capture",
         "core",
         "deadline",
         "deadline_reason",
@@ -329,6 +351,7 @@ class _Conn(asyncio.Protocol):
         self.resumed: asyncio.Future[None] | None = None
         self.deadline = 0.0
         self.deadline_reason = Reason.SERVE_HEADER_TIMEOUT
+        self.capture: bytes | None = None
 
     # -- asyncio callbacks ---------------------------------------------------------------
 
@@ -382,21 +405,74 @@ class _Conn(asyncio.Protocol):
             self._process()
 
     def data_received(self, data: bytes) -> None:
-        was_waiting = not self.core.in_request and not self.core.pending
+        srv = self.server
+        core = self.core
+        idle = not self.busy and not self.paused and core.at_rest
+        if idle and len(data) <= MAX_HEAD:
+            # the fast path (._fast): a whole head we have answered before under this view
+            hit = srv.cache.get(data, srv.watcher.view)
+            if hit is not None:
+                self._replay(hit)
+                return
+            if data.find(b"\r\n\r\n") == len(data) - 4:
+                self.capture = data  # exactly one head: _process may store its answer
+        was_waiting = not core.in_request and not core.pending
         try:
-            self.core.feed(data)
+            core.feed(data)
         except RpkiRepoError as exc:
+            self.capture = None
             self._refuse(exc)
             return
         if was_waiting and not self.busy and not self.paused:
             # the header-read deadline runs from a request's first byte
-            self.deadline = self.server.now + self.server.limits.serve_header_timeout
+            self.deadline = srv.now + srv.limits.serve_header_timeout
             self.deadline_reason = Reason.SERVE_HEADER_TIMEOUT
         if not self.busy and not self.paused:
             self._process()
         elif self.transport is not None:
             # a response is in flight: read nothing more until it is out (bounded buffers)
             self.transport.pause_reading()
+        self.capture = None
+
+    def _replay(self, hit: Cached) -> None:
+        """Answer a request the way :meth:`_process` did when it stored ``hit``."""
+        srv = self.server
+        t = self.transport
+        if t is None:
+            return
+        now = srv.now
+        req = hit.request
+        if srv.limits.serve_rate_per_address:
+            retry = srv.rate_check(self.host, now)
+            if retry is not None:
+                resp = too_many_requests(req, now, retry)
+                t.write(resp.head + (resp.body if isinstance(resp.body, bytes) else b""))
+                srv.record(self.host, req, resp, resp.length)
+                if resp.close or srv.stopping:
+                    t.close()
+                else:
+                    self._rest()
+                return
+        t.write(hit.wire(now))
+        if hit.body is not None:
+            t.write(hit.body)
+        hit.hits += 1
+        if srv.access.enabled:
+            srv.access.write(self.host, req, hit.status, hit.length, hit.kind, now)
+        if hit.close or srv.stopping:
+            t.close()
+            return
+        self._rest()
+
+    def _rest(self) -> None:
+        """After an answer, with nothing buffered: wait for the next request (as
+        :meth:`_process` ends)."""
+        if self.paused:  # the client does not read: read nothing more until it does
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
+        self.deadline = self.server.now + self.server.limits.serve_idle_timeout
+        self.deadline_reason = Reason.SERVE_IDLE_TIMEOUT
 
     def eof_received(self) -> bool | None:
         self.core.feed_eof()
@@ -445,6 +521,10 @@ class _Conn(asyncio.Protocol):
             else:
                 t.write(resp.head + body)
             srv.record(self.host, ev, resp, resp.length)
+            if self.capture is not None:
+                # the answer to the whole input of a connection at rest: replayable (._fast)
+                srv.cache.store(self.capture, ev, resp, srv.watcher.view, srv.stats.add)
+                self.capture = None
             if resp.close or srv.stopping:
                 t.close()
                 return
@@ -555,6 +635,7 @@ class _MetricsConn(asyncio.Protocol):
             return
         assert isinstance(ev, Request)
         if ev.path == "/metrics":
+            self.server.cache.fold(self.server.stats.add)
             body = render(self.server.stats.metrics(self.server.watcher, self.server.worker))
             data_out = body.encode()
             status = b"200 OK"
@@ -594,6 +675,7 @@ class Server:
         self.reuse_port = reuse_port
         self.watcher = RevisionWatcher(opts.rrdp_dir, grace=opts.grace, limits=opts.limits)
         self.stats = Stats()
+        self.cache = ResponseCache()
         self.access = AccessLog(opts.access_log, opts.access_log_format)
         self.tls = (
             _tls_context(opts.tls_cert, opts.tls_key)
@@ -626,20 +708,28 @@ class Server:
 
     # -- requests --------------------------------------------------------------------
 
-    def answer(self, host: str, req: Request, now: float) -> Response:
+    def rate_check(self, host: str, now: float) -> int | None:
+        """Take a token from ``host``'s bucket; ``None`` if there was one, else the seconds to
+        announce in ``Retry-After`` (the refusal is counted)."""
         rate = self.limits.serve_rate_per_address
-        if rate:
-            bucket = self.buckets.get(host)
-            burst = 4.0 * rate
-            if bucket is None:
-                bucket = self.buckets[host] = [burst, now]
-            tokens = min(burst, bucket[0] + (now - bucket[1]) * rate)
-            bucket[1] = now
-            if tokens < 1.0:
-                bucket[0] = tokens
-                self.stats.refuse(Reason.SERVE_RATE_LIMITED)
-                return too_many_requests(req, now, max(1, int((1.0 - tokens) / rate) + 1))
-            bucket[0] = tokens - 1.0
+        bucket = self.buckets.get(host)
+        burst = 4.0 * rate
+        if bucket is None:
+            bucket = self.buckets[host] = [burst, now]
+        tokens = min(burst, bucket[0] + (now - bucket[1]) * rate)
+        bucket[1] = now
+        if tokens < 1.0:
+            bucket[0] = tokens
+            self.stats.refuse(Reason.SERVE_RATE_LIMITED)
+            return max(1, int((1.0 - tokens) / rate) + 1)
+        bucket[0] = tokens - 1.0
+        return None
+
+    def answer(self, host: str, req: Request, now: float) -> Response:
+        if self.limits.serve_rate_per_address:
+            retry = self.rate_check(host, now)
+            if retry is not None:
+                return too_many_requests(req, now, retry)
         resp = respond(req, self.watcher.view, now)
         if req.path is None:
             self.stats.refuse(Reason.SERVE_PATH_REFUSED)
@@ -719,6 +809,7 @@ class Server:
             for h in stale:
                 del self.buckets[h]
         self.watcher.expire(now)
+        self.cache.fold(self.stats.add)
         self.access.flush()
 
     async def check_revision(self, force: bool = False) -> None:
