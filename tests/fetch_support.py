@@ -109,18 +109,10 @@ class Origin:
 
     def objects(self) -> dict[str, bytes]:
         """The testbed's main module, as paths below the module."""
-        repo = self.testbed / "repository"
-        return {
-            p.relative_to(repo).as_posix(): p.read_bytes() for p in repo.rglob("*") if p.is_file()
-        }
+        return tree_objects(self.testbed / "repository")
 
     def mtimes(self) -> dict[str, int]:
-        repo = self.testbed / "repository"
-        return {
-            p.relative_to(repo).as_posix(): int(p.stat().st_mtime)
-            for p in repo.rglob("*")
-            if p.is_file()
-        }
+        return tree_mtimes(self.testbed / "repository")
 
     @contextlib.contextmanager
     def rsync(self) -> Iterator[None]:
@@ -145,6 +137,17 @@ def fetch(o: Origin, cache: Path, *, limits: Limits = DEFAULT_LIMITS, **kw: obje
         **kw,  # type: ignore[arg-type]
     )
     return run_fetch(opts, tals=[read_tal(o.tal, limits=limits)])
+
+
+def tree_objects(top: Path) -> dict[str, bytes]:
+    """Every file below ``top``, by its path below it."""
+    return {p.relative_to(top).as_posix(): p.read_bytes() for p in top.rglob("*") if p.is_file()}
+
+
+def tree_mtimes(top: Path) -> dict[str, int]:
+    return {
+        p.relative_to(top).as_posix(): int(p.stat().st_mtime) for p in top.rglob("*") if p.is_file()
+    }
 
 
 def view(cache: Path, module_dir: str) -> dict[str, bytes]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import require_peer
-from fetch_support import snapshot_of_tree, view, view_mtimes
+from fetch_support import snapshot_of_tree, tree_mtimes, tree_objects, view, view_mtimes
 from hostile_http import HostileServer, tls_server_context
 from peers import (
     free_port,
@@ -96,18 +96,10 @@ class _Bed:
         make_readable(self.out)
 
     def objects(self) -> dict[str, bytes]:
-        repo = self.testbed / "repository"
-        return {
-            p.relative_to(repo).as_posix(): p.read_bytes() for p in repo.rglob("*") if p.is_file()
-        }
+        return tree_objects(self.testbed / "repository")
 
     def mtimes(self) -> dict[str, int]:
-        repo = self.testbed / "repository"
-        return {
-            p.relative_to(repo).as_posix(): int(p.stat().st_mtime)
-            for p in repo.rglob("*")
-            if p.is_file()
-        }
+        return tree_mtimes(self.testbed / "repository")
 
 
 def _fetch(bed: _Bed, cache: Path, ca: Path, **kw: object):  # type: ignore[no-untyped-def]
