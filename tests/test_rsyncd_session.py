@@ -199,7 +199,7 @@ def test_full_session_any_split(protocol: int, step: int | None) -> None:
     probe = Session(catalog(rev))
     run(probe, client.greeting() + client.args() + client.filters())
     assert probe.flist is not None
-    regular = [i for i, e in enumerate(probe.flist.entries) if not e.entry.is_dir]
+    regular = [i for i in range(len(probe.flist)) if not probe.flist.is_dir(i)]
     client = Client(protocol)
     script = client.greeting() + client.args() + client.filters()
     script += b"".join(client.request(i) for i in regular) + client.dones()
@@ -219,7 +219,7 @@ def test_full_session_any_split(protocol: int, step: int | None) -> None:
     assert d.seed == 1234 and d.messages == []
     buf = Buffer()
     buf.feed(d.stream)
-    names = [e.name.decode() for e in probe.flist.entries]
+    names = [rev.list_name(probe.flist, i).decode() for i in range(len(probe.flist))]
     if protocol >= 30:
         listed = decode_flist_31(buf)
         assert [x[0] for x in listed] == names
@@ -571,7 +571,9 @@ def test_filters_shape_the_list() -> None:
     session = Session(catalog(make_revision(FILES)))
     run(session, client.greeting() + client.args() + client.filters())
     assert session.flist is not None
-    assert [e.name for e in session.flist.entries] == [b".", b"sub", b"sub/b.roa", b"sub/deep"]
+    assert session.revision is not None
+    names = [session.revision.list_name(session.flist, i) for i in range(len(session.flist))]
+    assert names == [b".", b"sub", b"sub/b.roa", b"sub/deep"]
 
 
 def test_client_that_never_reads_costs_no_output_memory() -> None:
@@ -698,13 +700,29 @@ def test_fuzz_mutated_sessions(
 
 def test_only_the_default_compression_level_is_cached() -> None:
     rev = make_revision(FILES)
-    entry = rev.entries[b"a.cer"]
+    pos = rev.find(b"a.cer")
+    assert pos is not None
     for level in range(1, 10):
-        rev.response_body(entry, 31, level, rev.seed)
-    assert list(rev._deflated) == [b"a.cer"]
-    assert {k[2] for k in rev._bodies} == {6}
-    stream = rev.response_body(entry, 31, 9, rev.seed)
+        rev.response_body(pos, 31, level, rev.seed)
+    assert list(rev._deflated) == [pos]
+    stream = rev.response_body(pos, 31, 9, rev.seed)
     assert stream.endswith(hashlib.md5(FILES["a.cer"]).digest())
+
+
+def test_the_deflate_cache_is_bounded_and_least_recently_used_goes() -> None:
+    files = {f"f{i}.cer": bytes([i]) * 1000 + bytes(range(256)) for i in range(20)}
+    rev = make_revision(files)
+    one = len(rev.deflated(rev.find(b"f0.cer") or 0, 6))
+    rev._deflated.clear()
+    rev._deflated_bytes = 0
+    rev.deflate_cache_bytes = 8 * one + one // 2
+    for i in range(20):
+        rev.deflated(rev.find(f"f{i}.cer".encode()) or 0, 6)
+        rev.deflated(rev.find(b"f0.cer") or 0, 6)  # kept warm
+    assert rev._deflated_bytes <= rev.deflate_cache_bytes
+    assert 6 <= len(rev._deflated) <= 9
+    assert rev.find(b"f1.cer") not in rev._deflated
+    assert rev.find(b"f0.cer") in rev._deflated and rev.find(b"f19.cer") in rev._deflated
 
 
 def test_costly_filters_are_refused_with_a_message() -> None:

@@ -1,13 +1,27 @@
 """The in-memory model of one served revision, and the file lists made from it.
 
 A :class:`Revision` is built once per revision of a module (``DIR/current``) by the I/O layer,
-which walks the tree and hands every directory and file to a :class:`RevisionBuilder`; the
-builder validates each name (rsync-wire §8 "output safety": relative, no ``.``/``..`` parts, no
-empty parts, no NUL/control characters/backslash, component <= 255 bytes, path <= 1023 bytes) so
-no client can ever be sent a name that leads outside its destination directory.  After
-:meth:`RevisionBuilder.build` the revision is immutable except for caches of values derived
-deterministically from it (encoded file lists, MD4 sums, deflated token streams), so any number
-of sessions share it, and a session keeps the revision it started with until it ends.
+which walks the tree and hands every directory and file (name, size, mtime, MD5) to a
+:class:`RevisionBuilder`; the builder validates each name (rsync-wire §8 "output safety":
+relative, no ``.``/``..`` parts, no empty parts, no NUL/control characters/backslash, component
+<= 255 bytes, path <= 1023 bytes) so no client can ever be sent a name that leads outside its
+destination directory.
+
+Memory.  A revision holds no file bodies and no Python object per entry: every entry's full path
+is in one bytes blob, in the receiver's sort order at protocol >= 29 (files of a directory
+first, then each subdirectory followed by its whole subtree), and sizes, mtimes, the directory
+flags, the subtree ends and the MD5 digests are packed arrays indexed by that position.  A
+subtree is a contiguous range of positions, so scoping and filtering a file list is a scan that
+jumps over excluded directories.  File bodies are read when they are sent, through the
+:class:`BodySource` the I/O layer hands to :meth:`RevisionBuilder.build` (``tree`` reads the
+immutable revision files with ``pread``; :class:`MemorySource` serves tests).  The core itself
+never touches a file.
+
+After :meth:`RevisionBuilder.build` the revision is immutable except for caches of values derived
+deterministically from it: encoded file lists (per option and filter set; lists that select the
+same entries share one encoding), MD4 sums for protocol 27 (computed on first use), and ``-z``
+token streams at the default level (an LRU bounded in bytes).  Any number of sessions share it,
+and a session keeps the revision it started with until it ends.
 
 File lists (rsync flist.c ``send_file_entry`` for the layout; facts from rsync-wire §4): protocol
 27 and 30-31 encodings, never incremental recursion, never hard links or nanoseconds.  The order
@@ -18,9 +32,11 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from array import array
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 from rpkirepo.errors import LimitExceeded, Reason, RemoteProtocolError, StorageError
 from rpkirepo.rsync._filters import FilterSet
@@ -30,10 +46,11 @@ from rpkirepo.rsync._wire import int32, longint, varint, varlong
 __all__ = [
     "DIR_MODE",
     "FILE_MODE",
+    "BodySource",
     "Entry",
     "FileList",
     "FlistOptions",
-    "ListedEntry",
+    "MemorySource",
     "Revision",
     "RevisionBuilder",
     "deflate_tokens",
@@ -58,10 +75,17 @@ XMIT_SAME_TIME: Final = 0x80
 XMIT_NO_CONTENT_DIR: Final = 0x0100
 
 LITERAL_CHUNK: Final = 32768  # rsync's CHUNK_SIZE: longest literal run in one token
-DEFLATE_PIECE: Final = 16383
-DEFAULT_COMPRESS_LEVEL: Final = 6  # zlib's and rsync's default  # MAX_DATA_COUNT of token.c
+DEFLATE_PIECE: Final = 16383  # MAX_DATA_COUNT of token.c
+DEFAULT_COMPRESS_LEVEL: Final = 6  # zlib's and rsync's default
 DEFLATED_DATA: Final = 0x40
 END_FLAG: Final = 0x00
+#: Bytes of ``-z`` token streams (default level) one revision keeps, least recently used out.
+#: Compressing is on demand; the cache pays off for what many clients fetch, i.e. the files a
+#: new revision changed, and is far smaller than the repository.
+DEFLATE_CACHE_BYTES: Final = 4 * 1024 * 1024
+_NO_MD5: Final = bytes(16)
+_ZERO4: Final = bytes(4)
+_TAIL_NONE: Final = bytes(20)
 
 
 def validate_name(path: bytes) -> None:
@@ -81,10 +105,36 @@ def validate_name(path: bytes) -> None:
             )
 
 
+class BodySource(Protocol):
+    """Where a revision's file bodies come from: the I/O layer's side of the model."""
+
+    def read(self, path: bytes, offset: int, size: int, total: int) -> bytes:
+        """``size`` bytes at ``offset`` of the file ``path`` (relative to the revision root),
+        which was ``total`` bytes long when the revision was loaded.  Raises
+        :class:`StorageError` (``rsync-revision-unloadable``) when the file is gone or is no
+        longer ``total`` bytes long, so a wrong body is never sent."""
+        ...
+
+
+class MemorySource:
+    """Bodies held in memory (tests and small hand-made trees)."""
+
+    def __init__(self, files: dict[bytes, bytes]) -> None:
+        self._files = files
+
+    def read(self, path: bytes, offset: int, size: int, total: int) -> bytes:
+        data = self._files.get(path)
+        if data is None or len(data) != total:
+            raise StorageError(
+                Reason.RSYNC_REVISION, "file changed under a loaded revision", path=repr(path)
+            )
+        return data[offset : offset + size]
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """A directory or regular file of a revision; ``path`` is relative to the module root
-    (``b""`` is the root itself)."""
+    """A directory or regular file of a revision (a view made on demand); ``path`` is relative
+    to the module root (``b""`` is the root itself)."""
 
     path: bytes
     is_dir: bool
@@ -108,23 +158,31 @@ class FlistOptions:
 
 
 @dataclass(frozen=True, slots=True)
-class ListedEntry:
-    """One entry of a session's file list: the name sent and the entry it stands for."""
-
-    name: bytes
-    entry: Entry
-    top_dir: bool = False
-    content_dir: bool = True
-
-
-@dataclass(frozen=True, slots=True)
 class FileList:
-    """A file list ready to send: entries in index order and their encoding (including the
-    end marker and, at protocol 27, nothing else: id lists and io_error follow separately)."""
+    """A file list ready to send: for each index, the revision position it stands for, and the
+    encoding (up to and including the end marker; id lists and, at protocol 27, io_error follow
+    separately).  ``dirs`` has one byte per index, 1 for a directory."""
 
-    entries: tuple[ListedEntry, ...]
-    encoded: bytes
+    ids: array[int] = field(repr=False)
+    dirs: bytes = field(repr=False)
+    encoded: bytes = field(repr=False)
+    total_size: int = 0
     missing: bool = False  # the requested path does not exist (rsync exit 23)
+    #: how names are made from revision paths: the position sent under ``top_name`` (``.`` or
+    #: the requested directory's name; -1: none), the length of the prefix stripped from the
+    #: other revision paths, and the prefix put in front instead.
+    top: int = -1
+    top_name: bytes = b""
+    strip: int = 0
+    prefix: bytes = b""
+    #: what else the encoding depends on (lists equal in this and ``ids`` share ``encoded``).
+    shape: tuple[object, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def is_dir(self, ndx: int) -> bool:
+        return self.dirs[ndx] == 1
 
 
 class RevisionBuilder:
@@ -134,56 +192,97 @@ class RevisionBuilder:
         self.name = name
         self.max_entries = max_entries
         self.seed = seed & 0x7FFFFFFF
-        self._entries: dict[bytes, Entry] = {b"": Entry(b"", True, DIR_SIZE, 0)}
-        self._children: dict[bytes, list[bytes]] = {b"": []}
+        self._root_mtime = 0
+        self._rows: list[tuple[bytes, bool, int, int, bytes]] = []
+        self._dirs: set[bytes] = {b""}
+        self._files: set[bytes] = set()
         self._bodies: dict[bytes, bytes] = {}
-
-    def _parent(self, path: bytes) -> bytes:
-        parent = path.rpartition(b"/")[0]
-        if parent not in self._children:
-            raise StorageError(Reason.RSYNC_BAD_NAME, "parent not added first", path=repr(path))
-        return parent
 
     def _check(self, path: bytes) -> None:
         validate_name(path)
-        if path in self._entries:
+        if path in self._dirs or path in self._files:
             raise StorageError(Reason.RSYNC_BAD_NAME, "duplicate name", path=repr(path))
-        if len(self._entries) >= self.max_entries:
+        if len(self._rows) + 1 >= self.max_entries:
             raise LimitExceeded(Reason.LIMIT, "revision too large", limit="rsync_max_tree_entries")
+        if path.rpartition(b"/")[0] not in self._dirs:
+            raise StorageError(Reason.RSYNC_BAD_NAME, "parent not added first", path=repr(path))
 
     def set_root_mtime(self, mtime: int) -> None:
-        self._entries[b""] = Entry(b"", True, DIR_SIZE, mtime)
+        self._root_mtime = mtime
 
     def add_dir(self, path: bytes, mtime: int) -> None:
         self._check(path)
-        parent = self._parent(path)
-        self._entries[path] = Entry(path, True, DIR_SIZE, mtime)
-        self._children[path] = []
-        self._children[parent].append(path)
+        self._dirs.add(path)
+        self._rows.append((path, True, DIR_SIZE, mtime, _NO_MD5))
+
+    def add_file_digest(self, path: bytes, mtime: int, size: int, md5: bytes) -> None:
+        """A file whose body the build's :class:`BodySource` will provide."""
+        self._check(path)
+        if len(md5) != 16 or size < 0:
+            raise StorageError(Reason.RSYNC_REVISION, "bad digest or size", path=repr(path))
+        self._files.add(path)
+        self._rows.append((path, False, size, mtime, md5))
 
     def add_file(self, path: bytes, mtime: int, data: bytes) -> None:
-        self._check(path)
-        parent = self._parent(path)
-        digest = hashlib.md5(data, usedforsecurity=False).digest()
-        self._entries[path] = Entry(path, False, len(data), mtime, digest)
-        # Stored once, as what protocol >= 30 sends without -z: literal tokens + MD5.  The
-        # content itself is read back out of it when needed (protocol 27, -z, -c at 27).
-        self._bodies[path] = b"".join(literal_tokens(data)) + digest
-        self._children[parent].append(path)
+        """A file with its body, kept in memory (a :class:`MemorySource` is built from them)."""
+        md5 = hashlib.md5(data, usedforsecurity=False).digest()
+        self.add_file_digest(path, mtime, len(data), md5)
+        self._bodies[path] = data
 
-    def build(self) -> Revision:
+    def build(self, source: BodySource | None = None) -> Revision:
+        rows = self._rows
+        rows.sort(key=lambda r: _sort_key_29(r[0], r[1]))
+        names = bytearray()
+        ends = array("I")
+        sizes = array("q", [DIR_SIZE])
+        mtimes = array("q", [self._root_mtime])
+        dirs = bytearray(b"\x01")
+        tails = bytearray(_TAIL_NONE)
+        ends.append(0)
+        total = 0
+        files = 0
+        for path, is_dir, size, mtime, md5 in rows:
+            names += path
+            ends.append(len(names))
+            sizes.append(size)
+            mtimes.append(mtime)
+            dirs.append(is_dir)
+            tails += _ZERO4
+            tails += md5
+            if not is_dir:
+                total += size
+                files += 1
+        count = len(ends)
+        # The end of each directory's subtree: positions are in depth-first order.
+        subtree = array("I", range(1, count + 1))
+        stack: list[tuple[int, bytes]] = [(0, b"")]
+        for i, (path, is_dir, _size, _mtime, _md5) in enumerate(rows, 1):
+            while stack[-1][1] and not path.startswith(stack[-1][1]):
+                subtree[stack.pop()[0]] = i
+            if is_dir:
+                stack.append((i, path + b"/"))
+        for pos, _prefix in stack:
+            subtree[pos] = count
+        self._rows = []
         return Revision(
             name=self.name,
             seed=self.seed,
-            entries=self._entries,
-            children={k: tuple(v) for k, v in self._children.items()},
-            bodies=self._bodies,
+            source=source if source is not None else MemorySource(self._bodies),
+            names=bytes(names),
+            ends=ends,
+            sizes=sizes,
+            mtimes=mtimes,
+            dirs=bytes(dirs),
+            tails=bytes(tails),
+            subtree=subtree,
+            file_count=files,
+            total_size=total,
         )
 
 
 def _sort_key_29(name: bytes, is_dir: bool) -> tuple[tuple[int, bytes], ...]:
     # flist.c f_name_cmp at protocol >= 29: per directory, files before subdirectories.
-    if name == b".":
+    if name in (b".", b""):
         return ()
     parts = name.split(b"/")
     key = [(1, p + b"/") for p in parts[:-1]]
@@ -193,98 +292,129 @@ def _sort_key_29(name: bytes, is_dir: bool) -> tuple[tuple[int, bytes], ...]:
 
 @dataclass(slots=True)
 class Revision:
-    """One immutable revision of a module, shared by every session serving it."""
+    """One immutable revision of a module, shared by every session serving it.  Positions
+    (``0`` is the root) index every array; see the module docstring."""
 
     name: str
     seed: int
-    entries: dict[bytes, Entry]
-    children: dict[bytes, tuple[bytes, ...]]
-    #: path -> literal token stream + MD5 (see RevisionBuilder.add_file)
-    bodies: dict[bytes, bytes]
+    source: BodySource = field(repr=False)
+    names: bytes = field(repr=False)
+    #: names[ends[i-1]:ends[i]] is the path at position i (the root's is b"")
+    ends: array[int] = field(repr=False)
+    sizes: array[int] = field(repr=False)
+    mtimes: array[int] = field(repr=False)
+    dirs: bytes = field(repr=False)  # 1 for a directory
+    #: 20 bytes per position: ``int32 0`` (the end of a literal token stream) and the MD5
+    #: (zeros for directories), what follows a file's last literal run at protocol >= 30.
+    tails: bytes = field(repr=False)
+    subtree: array[int] = field(repr=False)  # one past the last position under a directory
+    file_count: int = 0
+    total_size: int = 0
     max_flist_cache: int = 32
-    _flists: dict[FlistOptions, FileList] = field(default_factory=dict)
-    _md4_sums: dict[bytes, bytes] = field(default_factory=dict)
-    _md4_seeded: dict[bytes, bytes] = field(default_factory=dict)
-    _deflated: dict[bytes, bytes] = field(default_factory=dict)
-    _bodies: dict[tuple[bytes, bool, int, int], bytes] = field(default_factory=dict)
+    deflate_cache_bytes: int = DEFLATE_CACHE_BYTES
+    _flists: dict[FlistOptions, FileList] = field(default_factory=dict, repr=False)
+    _md4: bytearray | None = field(default=None, repr=False)
+    _md4_seeded: bytearray | None = field(default=None, repr=False)
+    _deflated: OrderedDict[int, bytes] = field(default_factory=OrderedDict, repr=False)
+    _deflated_bytes: int = 0
 
     @property
-    def file_count(self) -> int:
-        return len(self.bodies)
+    def count(self) -> int:
+        return len(self.ends)
 
-    @property
-    def total_size(self) -> int:
-        return sum(self.entries[p].size for p in self.bodies)
+    def path(self, pos: int) -> bytes:
+        return self.names[self.ends[pos - 1] if pos else 0 : self.ends[pos]]
 
-    # --- digests and compressed forms (deterministic, so cached) ---
+    def is_dir(self, pos: int) -> bool:
+        return self.dirs[pos] == 1
 
-    def content(self, path: bytes) -> bytes:
-        """A file's bytes, read back out of its stored literal token stream."""
-        body = self.bodies[path]
-        size = self.entries[path].size
-        if size <= LITERAL_CHUNK:
-            return body[4 : 4 + size]
-        view = memoryview(body)
-        parts: list[memoryview] = []
-        pos = 0
-        while True:
-            n = int.from_bytes(view[pos : pos + 4], "little")
-            if n == 0:
-                return b"".join(parts)
-            parts.append(view[pos + 4 : pos + 4 + n])
-            pos += 4 + n
+    def md5(self, pos: int) -> bytes:
+        return self.tails[20 * pos + 4 : 20 * pos + 20]
 
-    def flist_sum(self, entry: Entry, protocol: int) -> bytes:
-        """The ``-c`` sum in a file list: MD5(data) at >= 30, MD4(data) at 27."""
+    def entry(self, pos: int) -> Entry:
+        d = self.is_dir(pos)
+        md5 = b"" if d else self.md5(pos)
+        return Entry(self.path(pos), d, self.sizes[pos], self.mtimes[pos], md5)
+
+    def find(self, path: bytes) -> int | None:
+        """The position of ``path`` (``b""``: the root), or ``None``: a binary search on the
+        protocol 29 sort key, trying it as a file and as a directory."""
+        for is_dir in (False, True):
+            key = _sort_key_29(path, is_dir)
+            lo, hi = 0, self.count
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if _sort_key_29(self.path(mid), self.is_dir(mid)) < key:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if lo < self.count and self.path(lo) == path and self.is_dir(lo) == is_dir:
+                return lo
+        return None
+
+    # --- bodies, digests and compressed forms -------------------------------------------
+
+    def content(self, pos: int) -> bytes:
+        """A file's bytes, read through the revision's :class:`BodySource`."""
+        size = self.sizes[pos]
+        return self.source.read(self.path(pos), 0, size, size)
+
+    def flist_sum(self, pos: int, protocol: int) -> bytes:
+        """The ``-c`` sum in a file list: MD5(data) at >= 30, MD4(data) at 27 (computed on
+        first use, then cached)."""
         if protocol >= 30:
-            return entry.md5
-        cached = self._md4_sums.get(entry.path)
-        if cached is None:
-            cached = self._md4_sums[entry.path] = md4(self.content(entry.path))
+            return self.md5(pos)
+        if self._md4 is None:
+            self._md4 = bytearray(16 * self.count)
+        return self._cached_md4(self._md4, pos, b"")
+
+    def _cached_md4(self, table: bytearray, pos: int, prefix: bytes) -> bytes:
+        # A zero slot means "not computed yet" (an MD4 of all zero bytes is 2^-128 likely, and
+        # then merely recomputed).
+        cached = bytes(table[16 * pos : 16 * pos + 16])
+        if cached == _NO_MD5:
+            cached = md4(prefix + self.content(pos))
+            table[16 * pos : 16 * pos + 16] = cached
         return cached
 
-    def transfer_sum(self, entry: Entry, protocol: int, seed: int) -> bytes:
+    def transfer_sum(self, pos: int, protocol: int, seed: int) -> bytes:
         """The whole-file checksum after the tokens: MD5(data) at >= 30; MD4(seed_le32 || data)
         at 27 (cached for the revision's own seed)."""
         if protocol >= 30:
-            return entry.md5
-        data = self.content(entry.path)
+            return self.md5(pos)
         if seed != self.seed:
-            return md4(int32(seed) + data)
-        cached = self._md4_seeded.get(entry.path)
-        if cached is None:
-            cached = self._md4_seeded[entry.path] = md4(int32(seed) + data)
-        return cached
+            return md4(int32(seed) + self.content(pos))
+        if self._md4_seeded is None:
+            self._md4_seeded = bytearray(16 * self.count)
+        return self._cached_md4(self._md4_seeded, pos, int32(seed))
 
-    def deflated(self, entry: Entry, level: int) -> bytes:
-        """The ``-z`` token stream for the whole file as literal data.  Cached at the default
-        level only (what RPs use): caching every level a client may ask for would let one
-        client multiply the revision's memory by nine."""
+    def deflated(self, pos: int, level: int) -> bytes:
+        """The ``-z`` token stream for the whole file as literal data, compressed on demand.
+        Cached at the default level only (what RPs use), least recently used out beyond
+        ``deflate_cache_bytes``: caching every level a client may ask for, or everything, would
+        let clients multiply the revision's memory."""
         if level != DEFAULT_COMPRESS_LEVEL:
-            return deflate_tokens(self.content(entry.path), level)
-        cached = self._deflated.get(entry.path)
-        if cached is None:
-            cached = self._deflated[entry.path] = deflate_tokens(self.content(entry.path), level)
-        return cached
-
-    def response_body(self, entry: Entry, protocol: int, level: int, seed: int) -> bytes:
-        """Everything sent for a file after the sum head echo: its token stream (literal, or
-        deflated at ``level`` > 0) and the whole-file checksum.  Cached per revision for the
-        revision's own seed (any seed at >= 30, where the checksum is unseeded)."""
-        modern = protocol >= 30
-        if modern and not level:
-            return self.bodies[entry.path]
-        key = (entry.path, modern, level, 0 if modern else seed)
-        cached = self._bodies.get(key)
+            return deflate_tokens(self.content(pos), level)
+        cache = self._deflated
+        cached = cache.get(pos)
         if cached is not None:
+            cache.move_to_end(pos)
             return cached
-        tokens = self.deflated(entry, level) if level else self.bodies[entry.path][:-16]
-        body = tokens + self.transfer_sum(entry, protocol, seed)
-        if (modern or seed == self.seed) and level in (0, DEFAULT_COMPRESS_LEVEL):
-            self._bodies[key] = body
-        return body
+        tokens = deflate_tokens(self.content(pos), level)
+        if len(tokens) <= self.deflate_cache_bytes // 8:
+            cache[pos] = tokens
+            self._deflated_bytes += len(tokens)
+            while self._deflated_bytes > self.deflate_cache_bytes:
+                self._deflated_bytes -= len(cache.popitem(last=False)[1])
+        return tokens
 
-    # --- file lists ---
+    def response_body(self, pos: int, protocol: int, level: int, seed: int) -> bytes:
+        """Everything sent for a file after the sum head echo: its token stream (literal, or
+        deflated at ``level`` > 0) and the whole-file checksum."""
+        tokens = self.deflated(pos, level) if level else b"".join(literal_tokens(self.content(pos)))
+        return tokens + self.transfer_sum(pos, protocol, seed)
+
+    # --- file lists ---------------------------------------------------------------------
 
     def file_list(self, opts: FlistOptions, filters: FilterSet, filter_work: int) -> FileList:
         """The encoded list for ``opts`` (cached).  ``filter_work`` caps the pattern-matching
@@ -304,110 +434,140 @@ class Revision:
         scope = opts.scope
         contents = scope == b"" or scope.endswith(b"/")
         target = scope.rstrip(b"/")
-        entry = self.entries.get(target)
-        if entry is None or (contents and not entry.is_dir):
-            return FileList((), encode_file_list((), opts, self), missing=True)
-        listed: list[ListedEntry] = []
-        if entry.is_dir and contents:
-            base = target + b"/" if target else b""
-            listed.append(ListedEntry(b".", entry, top_dir=True))
+        pos = self.find(target)
+        if pos is None or (contents and not self.is_dir(pos)):
+            return FileList(array("i"), b"", b"\x00", missing=True)
+        ids = array("i")
+        top, top_name, strip, prefix = pos, b".", 0, b""
+        if self.is_dir(pos) and contents:
+            strip = len(target) + 1 if target else 0
+            ids.append(pos)
             if opts.recursive or opts.dirs:
-                self._walk(target, base, b"", opts, filters, listed, budget)
-        elif entry.is_dir:
+                self._walk(pos, strip, prefix, opts.recursive, filters, ids, budget)
+        elif self.is_dir(pos):
             name = target.rpartition(b"/")[2]
             if filters.included(name, True, budget) and (opts.recursive or opts.dirs):
                 # flist.c send_file_list: a top-level directory is always a content dir.
-                listed.append(ListedEntry(name, entry, top_dir=True))
+                top_name, strip, prefix = name, len(target) + 1, name + b"/"
+                ids.append(pos)
                 if opts.recursive:
-                    self._walk(target, target + b"/", name + b"/", opts, filters, listed, budget)
+                    self._walk(pos, strip, prefix, True, filters, ids, budget)
         else:
             name = target.rpartition(b"/")[2]
+            top, strip = -1, len(target) - len(name)
             if filters.included(name, False, budget):
-                listed.append(ListedEntry(name, entry))
-        if opts.protocol >= 29:
-            listed.sort(key=lambda e: _sort_key_29(e.name, e.entry.is_dir))
-        else:
-            listed.sort(key=lambda e: e.name)
-        entries = tuple(listed)
-        return FileList(entries, encode_file_list(entries, opts, self))
+                ids.append(pos)
+        if opts.protocol < 29:
+            # Protocol 27 sorts full names bytewise (a top-level "-x.cer" before ".").
+            order = sorted(ids, key=lambda p: self._name(p, top, top_name, strip, prefix))
+            ids = array("i", order)
+        dirs = bytes(self.dirs[p] for p in ids)
+        shape = (
+            opts.protocol, opts.uid, opts.gid, opts.checksum, opts.recursive,
+            top, top_name, strip, prefix,
+        )  # fmt: skip
+        for other in self._flists.values():
+            if other.shape == shape and other.ids == ids:
+                return other
+        total = sum(self.sizes[p] for p in ids if not self.dirs[p])
+        encoded = encode_file_list(self, ids, top, top_name, strip, prefix, opts)
+        return FileList(ids, dirs, encoded, total, False, top, top_name, strip, prefix, shape)
+
+    def _name(self, pos: int, top: int, top_name: bytes, strip: int, prefix: bytes) -> bytes:
+        return top_name if pos == top else prefix + self.path(pos)[strip:]
+
+    def list_name(self, flist: FileList, ndx: int) -> bytes:
+        """The name index ``ndx`` of ``flist`` is sent under."""
+        return self._name(flist.ids[ndx], flist.top, flist.top_name, flist.strip, flist.prefix)
 
     def _walk(
         self,
-        dir_path: bytes,
-        strip: bytes,
+        top: int,
+        strip: int,
         prefix: bytes,
-        opts: FlistOptions,
+        recursive: bool,
         filters: FilterSet,
-        out: list[ListedEntry],
+        out: array[int],
         budget: list[int] | None,
     ) -> None:
-        stack = [dir_path]
-        while stack:
-            current = stack.pop()
-            for child in self.children[current]:
-                entry = self.entries[child]
-                name = prefix + child[len(strip) :]
-                if not filters.included(name, entry.is_dir, budget):
-                    continue
-                if entry.is_dir:
-                    out.append(ListedEntry(name, entry, content_dir=opts.recursive))
-                    if opts.recursive:
-                        stack.append(child)
-                else:
-                    out.append(ListedEntry(name, entry))
+        names, ends, dirs, subtree = self.names, self.ends, self.dirs, self.subtree
+        included = filters.included
+        pos, end = top + 1, subtree[top]
+        while pos < end:
+            is_dir = dirs[pos] == 1
+            name = prefix + names[ends[pos - 1] + strip : ends[pos]]
+            if not included(name, is_dir, budget):
+                pos = subtree[pos] if is_dir else pos + 1
+                continue
+            out.append(pos)
+            pos = pos + 1 if recursive or not is_dir else subtree[pos]
 
 
 def encode_file_list(
-    entries: tuple[ListedEntry, ...], opts: FlistOptions, revision: Revision
+    revision: Revision,
+    ids: array[int],
+    top: int,
+    top_name: bytes,
+    strip: int,
+    prefix: bytes,
+    opts: FlistOptions,
 ) -> bytes:
     """The file list bytes up to and including the end marker (rsync flist.c
-    ``send_file_entry`` layout, per rsync-wire §4)."""
+    ``send_file_entry`` layout, per rsync-wire §4).  ``top`` is the position of the transfer
+    root (flagged TOP_DIR when it is a directory), sent as ``top_name``."""
     out = bytearray()
     proto = opts.protocol
+    names, ends, dirs, sizes, mtimes = (
+        revision.names, revision.ends, revision.dirs, revision.sizes, revision.mtimes,
+    )  # fmt: skip
     last_name = b""
     last_mode = -1
     last_time = -1
     first = True
-    for item in entries:
-        e = item.entry
-        mode = DIR_MODE if e.is_dir else FILE_MODE
+    for pos in ids:
+        is_dir = dirs[pos] == 1
+        mode = DIR_MODE if is_dir else FILE_MODE
+        mtime = mtimes[pos]
         flags = 0
-        if item.top_dir and e.is_dir:
+        if pos == top and is_dir:
             flags |= XMIT_TOP_DIR
         if mode == last_mode:
             flags |= XMIT_SAME_MODE
-        if e.mtime == last_time:
+        if mtime == last_time:
             flags |= XMIT_SAME_TIME
         # uid/gid: 0 everywhere, written for the first entry only.
         if not opts.uid or not first:
             flags |= XMIT_SAME_UID
         if not opts.gid or not first:
             flags |= XMIT_SAME_GID
-        name = item.name
-        prefix = 0
+        if pos == top:
+            name = top_name
+        else:
+            name = prefix + names[(ends[pos - 1] if pos else 0) + strip : ends[pos]]
+        n = 0
         limit = min(len(name), len(last_name), 255)
-        while prefix < limit and name[prefix] == last_name[prefix]:
-            prefix += 1
-        if prefix:
+        while n < limit and name[n] == last_name[n]:
+            n += 1
+        if n:
             flags |= XMIT_SAME_NAME
-        suffix = name[prefix:]
+        suffix = name[n:]
         if proto < 30:
             flags |= XMIT_LONG_NAME
             out.append(flags)
         else:
             if len(suffix) > 255:
                 flags |= XMIT_LONG_NAME
-            if e.is_dir and not item.content_dir:
+            if is_dir and pos != top and not opts.recursive:
                 flags |= XMIT_NO_CONTENT_DIR
-            if flags == 0 and not e.is_dir:
+            if flags == 0 and not is_dir:
                 flags |= XMIT_TOP_DIR
             if flags == 0 or flags & 0xFF00:
                 flags |= XMIT_EXTENDED_FLAGS
                 out += bytes([flags & 0xFF, flags >> 8])
             else:
                 out.append(flags)
-        if prefix:
-            out.append(prefix)
+        if n:
+            out.append(n)
         if proto < 30:
             out += int32(len(suffix))
         elif flags & XMIT_LONG_NAME:
@@ -415,10 +575,11 @@ def encode_file_list(
         else:
             out.append(len(suffix))
         out += suffix
+        size = sizes[pos]
         if proto < 30:
-            out += longint(e.size)
+            out += longint(size)
             if not flags & XMIT_SAME_TIME:
-                out += int32(e.mtime)
+                out += int32(mtime)
             if not flags & XMIT_SAME_MODE:
                 out += int32(mode)
             if not flags & XMIT_SAME_UID:
@@ -426,20 +587,20 @@ def encode_file_list(
             if not flags & XMIT_SAME_GID:
                 out += int32(0)
             if opts.checksum:
-                out += revision.flist_sum(e, proto) if not e.is_dir else b"\x00" * 16
+                out += revision.flist_sum(pos, proto) if not is_dir else _NO_MD5
         else:
-            out += varlong(e.size, 3)
+            out += varlong(size, 3)
             if not flags & XMIT_SAME_TIME:
-                out += varlong(e.mtime, 4)
+                out += varlong(mtime, 4)
             if not flags & XMIT_SAME_MODE:
                 out += int32(mode)
             if not flags & XMIT_SAME_UID:
                 out += varint(0)
             if not flags & XMIT_SAME_GID:
                 out += varint(0)
-            if opts.checksum and not e.is_dir:
-                out += revision.flist_sum(e, proto)
-        last_name, last_mode, last_time = name, mode, e.mtime
+            if opts.checksum and not is_dir:
+                out += revision.flist_sum(pos, proto)
+        last_name, last_mode, last_time = name, mode, mtime
         first = False
     out.append(0)
     return bytes(out)

@@ -13,9 +13,18 @@ main.c ``start_server``/``do_server_sender``, sender.c ``send_files``, io.c fram
    >= 30 every byte we receive is too;
 5. the client's filter rules, then the file list (encoded once per revision and option set);
 6. requests: index (+ item flags at >= 30) + sum head + block sums, which are read and
-   discarded; the answer is the whole file as literal data (or its cached deflated form with
-   ``-z``) and the whole-file checksum.  No block matching, ever;
+   discarded; the answer is the whole file as literal data (or its deflated form with ``-z``)
+   and the whole-file checksum (computed when the revision was loaded).  No block matching,
+   ever;
 7. end phases, statistics, goodbye.
+
+File bodies are not held in memory: they are read through the revision's
+:class:`~rpkirepo.rsync._model.BodySource` as they are answered.  At protocol >= 30 without
+``-z`` (every rsync 3.x RP), the requests waiting in the input are answered in batches
+(:meth:`Session._answer_batch`): parsed straight from the buffered bytes, their header echoed
+from those bytes, the bodies and digests joined into one write, with no object per request;
+anything unusual (end of phase, deletion statistics, basis or alternate names, block sums not
+yet all received, a large file) goes through the general one-request path.
 
 Input is parsed from a commit/rollback buffer, so any split of the byte stream gives the same
 result; every length the client sends is capped by a named :class:`~rpkirepo.limits.Limits`
@@ -49,12 +58,11 @@ from rpkirepo.limits import DEFAULT_LIMITS, Limits
 from rpkirepo.rsync._args import ServerArgs, parse_server_args
 from rpkirepo.rsync._filters import FilterSet
 from rpkirepo.rsync._model import (
+    LITERAL_CHUNK,
     FileList,
     FlistOptions,
-    ListedEntry,
     Revision,
     check_scope,
-    literal_tokens,
 )
 from rpkirepo.rsync._state import State, transition
 from rpkirepo.rsync._wire import (
@@ -92,12 +100,19 @@ SUPPORTED: Final = frozenset({27, 30, 31})
 MAX_DATA_FRAME_OUT: Final = 32768
 MAX_XNAME: Final = 1023
 MAX_INPUT_BACKLOG: Final = 1 << 20
+_I32: Final = Struct("<i")
 _I32X4: Final = Struct("<4i")
-#: Requests are answered until this much output waits to be sent, then parsing pauses.
-OUTPUT_HIGH_WATER: Final = 256 * 1024
-#: Files up to this size are answered from the revision's cached response body at once;
-#: larger ones are produced frame by frame as the output drains.
-CACHED_BODY_MAX: Final = 256 * 1024
+#: Requests are answered until this much output waits to be sent, then parsing pauses: the
+#: output a session holds (beyond one answer) is bounded by it.
+OUTPUT_HIGH_WATER: Final = 128 * 1024
+#: Files up to this size are answered at once; larger ones are read and produced frame by
+#: frame as the output drains.
+SMALL_BODY_MAX: Final = 256 * 1024
+#: How much buffered input one batch of requests is parsed from.
+BATCH_INPUT: Final = 65536
+_FRAME_HEAD: Final = _I32.pack(((7 + 0) << 24) | MAX_DATA_FRAME_OUT)  # a full MSG_DATA frame
+_BYTE: Final = tuple(bytes([i]) for i in range(256))
+_ZERO4: Final = bytes(4)
 
 # rsync.h ITEM_* bits used by the sender.
 ITEM_BASIS_TYPE_FOLLOWS: Final = 1 << 11
@@ -133,6 +148,8 @@ class TransferStarted:
 
 @dataclass(frozen=True, slots=True)
 class FileSent:
+    """A file went out (no longer emitted per file: see :attr:`Session.files_sent`)."""
+
     name: str
     size: int
     wire_bytes: int
@@ -215,7 +232,8 @@ class Session:
         self._ndx_mark = (self._ndx_in.prev_pos, self._ndx_in.prev_neg)
         self._phase = 0
         self._request: _Request | None = None
-        self._requests: dict[int, int] = {}
+        self._seen: bytearray | None = None  # one bit per list index: requested once
+        self._repeats: dict[int, int] = {}  # index -> times requested, past the first
         self._sum_bytes = 0
         self._del_stats = 0
         self._ended = False
@@ -270,15 +288,17 @@ class Session:
 
     def data_to_send(self, max_bytes: int = 256 * 1024) -> bytes:
         """Up to about ``max_bytes`` of output, produced lazily; ``b""`` when nothing is due."""
-        out = bytearray()
-        while len(out) < max_bytes:
+        out: list[bytes] = []
+        size = 0
+        while size < max_bytes:
             if self._out:
                 item = self._out.popleft()
                 self._out_bytes -= len(item)
-                out += item
+                out.append(item)
+                size += len(item)
                 continue
             if self._producer is not None:
-                chunk = next(self._producer, None)
+                chunk = self._produce(self._producer)
                 if chunk is None:
                     self._producer = None
                     self._guard(self._advance)
@@ -295,8 +315,17 @@ class Session:
                 if self._out or self._data_out or self._producer is not None:
                     continue
             break
-        self.bytes_out += len(out)
-        return bytes(out)
+        self.bytes_out += size
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def _produce(self, producer: Iterator[bytes | memoryview]) -> bytes | memoryview | None:
+        # A producer reads file bodies: a file gone under the revision fails the session.
+        try:
+            return next(producer, None)
+        except RpkiRepoError as exc:
+            if self.state not in (State.DONE, State.FAILED):
+                self._fail(exc)
+            raise
 
     def abort(self, reason: Reason, detail: str) -> None:
         """End the session from outside (a deadline): queue an error for the client."""
@@ -318,11 +347,22 @@ class Session:
         if not self._muxed_out:
             self._send_raw(bytes(data))
             return
-        self._generated += len(data)
-        self._data_out += data
-        while len(self._data_out) >= MAX_DATA_FRAME_OUT:
-            self._queue(frame(Msg.DATA, self._data_out[:MAX_DATA_FRAME_OUT]))
-            del self._data_out[:MAX_DATA_FRAME_OUT]
+        n = len(data)
+        self._generated += n
+        pending = self._data_out
+        if len(pending) + n < MAX_DATA_FRAME_OUT:
+            pending += data
+            return
+        # Cut into full MSG_DATA frames in one join; the remainder waits for more data.
+        view = memoryview(data)
+        off = MAX_DATA_FRAME_OUT - len(pending)
+        parts: list[bytes | bytearray | memoryview] = [_FRAME_HEAD, pending, view[:off]]
+        while n - off >= MAX_DATA_FRAME_OUT:
+            parts.append(_FRAME_HEAD)
+            parts.append(view[off : off + MAX_DATA_FRAME_OUT])
+            off += MAX_DATA_FRAME_OUT
+        self._queue(b"".join(parts))
+        self._data_out = bytearray(view[off:])
 
     def _flush_data(self) -> None:
         if self._data_out:
@@ -610,24 +650,26 @@ class Session:
                 f'rsync: [sender] link_stat "{shown}" (in {self.module}) failed: '
                 "No such file or directory (2)\n",
             )
-        self._send_data(flist.encoded)
+        tail = b""
         if args.uid and not args.numeric_ids:
-            self._send_data(int32(0) if self.protocol < 30 else b"\x00")
+            tail += int32(0) if self.protocol < 30 else b"\x00"
         if args.gid and not args.numeric_ids:
-            self._send_data(int32(0) if self.protocol < 30 else b"\x00")
+            tail += int32(0) if self.protocol < 30 else b"\x00"
         if self.protocol < 30:
-            self._send_data(int32(0))  # io_error
+            tail += int32(0)  # io_error
+        # The encoded list is shared by every session: sent from it a frame at a time.
+        self._producer = _slices(flist.encoded, tail)
         self._events.append(
             TransferStarted(
                 module=self.module,
                 revision=revision.name,
                 protocol=self.protocol,
-                files=len(flist.entries),
+                files=len(flist),
                 path=args.path.decode("ascii", "replace"),
                 compress=args.compress,
             )
         )
-        if not flist.entries:
+        if not len(flist):
             self.state = transition(self.state, "empty-list")
             if flist.missing:
                 self._end(Reason.RSYNC_NO_SUCH_PATH, "requested path does not exist")
@@ -659,12 +701,16 @@ class Session:
 
     def _read_request(self) -> None:
         buf = self._data
+        assert self.args is not None
+        batch = self.protocol >= 30 and not self.args.compress
         while self._producer is None and self.state is State.TRANSFER:
             if self._out_bytes + len(self._data_out) >= OUTPUT_HIGH_WATER:
                 self._paused = True  # resumed by data_to_send once the output drained
                 return
             req = self._request
             if req is None:
+                if batch and self._answer_batch():
+                    continue
                 req = self._parse_request()
                 if req is None:
                     continue
@@ -681,8 +727,54 @@ class Session:
             self._request = None
             self._answer(req)
 
+    def _count_request(self, ndx: int) -> None:
+        """Refuse a file asked for more than ``rsync_max_requests_per_file`` times (one bit per
+        index for the first request; a count only for the rare repeats)."""
+        seen = self._seen
+        if seen is None:
+            assert self.flist is not None
+            seen = self._seen = bytearray((len(self.flist) >> 3) + 1)
+        bit = 1 << (ndx & 7)
+        if not seen[ndx >> 3] & bit:
+            seen[ndx >> 3] |= bit
+            return
+        times = self._repeats.get(ndx, 1) + 1
+        if times > self.limits.rsync_max_requests_per_file:
+            raise LimitExceeded(
+                Reason.RSYNC_INDEX, "file requested too often", limit="rsync_max_requests_per_file"
+            )
+        self._repeats[ndx] = times
+
+    def _check_sum_head(self, count: int, blength: int, s2len: int, remainder: int) -> int:
+        """Validate a sum head; returns the bytes of block sums that follow it."""
+        lim = self.limits
+        max_block = (
+            lim.rsync_max_block_length if self.protocol >= 30 else lim.rsync_max_block_length_27
+        )
+        if (
+            not 0 <= count <= lim.rsync_max_sum_count
+            or not 0 <= blength <= max_block
+            or (count > 0 and blength == 0)
+            or not 0 <= s2len <= 16
+            or not 0 <= remainder <= blength
+        ):
+            raise RemoteProtocolError(
+                Reason.RSYNC_SUM_HEAD,
+                "invalid sum head",
+                count=count,
+                blength=blength,
+                s2len=s2len,
+                remainder=remainder,
+            )
+        skip = count * (4 + s2len)
+        if self._sum_bytes + skip > lim.rsync_max_sum_bytes:
+            raise LimitExceeded(
+                Reason.RSYNC_SUM_HEAD, "too many block sums", limit="rsync_max_sum_bytes"
+            )
+        return skip
+
     def _parse_request(self) -> _Request | None:
-        buf, lim = self._data, self.limits
+        buf = self._data
         flist = self.flist
         assert flist is not None
         ndx = self._read_ndx()
@@ -695,7 +787,7 @@ class Session:
                 self._send_stats()
                 self.state = transition(self.state, "last-done")
             return None
-        if not 0 <= ndx < len(flist.entries):
+        if not 0 <= ndx < len(flist):
             raise RemoteProtocolError(Reason.RSYNC_INDEX, "file index out of range", ndx=ndx)
         if self.protocol >= 30:
             iflags = buf.u16()
@@ -706,52 +798,140 @@ class Session:
         head = None
         skip = 0
         if iflags & ITEM_TRANSFER:
-            entry = flist.entries[ndx].entry
-            if entry.is_dir:
+            if flist.is_dir(ndx):
                 raise RemoteProtocolError(Reason.RSYNC_INDEX, "transfer of a directory", ndx=ndx)
             if self._phase >= 2:
                 raise RemoteProtocolError(Reason.RSYNC_SEQUENCE, "transfer after the last phase")
-            count, blength, s2len, remainder = buf.i32x4()
-            max_block = (
-                lim.rsync_max_block_length if self.protocol >= 30 else lim.rsync_max_block_length_27
-            )
-            if (
-                not 0 <= count <= lim.rsync_max_sum_count
-                or not 0 <= blength <= max_block
-                or (count > 0 and blength == 0)
-                or not 0 <= s2len <= 16
-                or not 0 <= remainder <= blength
-            ):
-                raise RemoteProtocolError(
-                    Reason.RSYNC_SUM_HEAD,
-                    "invalid sum head",
-                    count=count,
-                    blength=blength,
-                    s2len=s2len,
-                    remainder=remainder,
-                )
-            skip = count * (4 + s2len)
-            if self._sum_bytes + skip > lim.rsync_max_sum_bytes:
-                raise LimitExceeded(
-                    Reason.RSYNC_SUM_HEAD, "too many block sums", limit="rsync_max_sum_bytes"
-                )
-            times = self._requests.get(ndx, 0) + 1
-            if times > lim.rsync_max_requests_per_file:
-                raise LimitExceeded(
-                    Reason.RSYNC_INDEX,
-                    "file requested too often",
-                    limit="rsync_max_requests_per_file",
-                )
-            self._requests[ndx] = times
+            head = buf.i32x4()
+            skip = self._check_sum_head(*head)
+            self._count_request(ndx)
             self._sum_bytes += skip
-            head = (count, blength, s2len, remainder)
         self._commit_data()
         return _Request(ndx, iflags, basis, xname, head, skip)
+
+    def _answer_batch(self) -> bool:
+        """Answer, in one go, the plain protocol >= 30 requests at the head of the input (see
+        the module docstring); returns whether any was.  Anything this does not handle is left
+        in the buffer for :meth:`_parse_request`, which also raises the errors."""
+        buf, flist, revision = self._data, self.flist, self.revision
+        assert flist is not None and revision is not None
+        avail = buf.available()
+        if avail < 3:
+            return False
+        data = buf.take(min(avail, BATCH_INPUT))
+        buf.rollback()  # a request boundary: nothing is taken until the end of the batch
+        end = len(data)
+        ids, fdirs, count = flist.ids, flist.dirs, len(flist)
+        names, ends, sizes, tails = revision.names, revision.ends, revision.sizes, revision.tails
+        read = revision.source.read
+        lim = self.limits
+        max_block, max_sums = lim.rsync_max_block_length, lim.rsync_max_sum_bytes
+        max_count = lim.rsync_max_sum_count
+        transfers_ok = self._phase < 2
+        seen = self._seen
+        if seen is None:
+            seen = self._seen = bytearray((count >> 3) + 1)
+        writer = self._ndx_out
+        prev_in, prev_out = self._ndx_in.prev_pos, writer.prev_pos
+        room = OUTPUT_HIGH_WATER - self._out_bytes - len(self._data_out)
+        parts: list[bytes] = []
+        produced = 0
+        done = 0
+        files = 0
+        while produced < room:
+            p = done
+            if p + 3 > end:
+                break
+            b = data[p]
+            if b == 0xFE:
+                hi = data[p + 1]
+                if hi & 0x80:
+                    if p + 7 > end:
+                        break
+                    ndx = (hi & 0x7F) << 24 | data[p + 2] | data[p + 3] << 8 | data[p + 4] << 16
+                    p += 5
+                else:
+                    if p + 5 > end:
+                        break
+                    ndx = prev_in + (hi << 8 | data[p + 2])
+                    p += 3
+            elif b == 0 or b == 0xFF:
+                break  # end of phase, deletion statistics
+            else:
+                ndx = prev_in + b
+                p += 1
+            if ndx >= count:
+                break
+            iflags = data[p] | data[p + 1] << 8
+            if iflags & (ITEM_BASIS_TYPE_FOLLOWS | ITEM_XNAME_FOLLOWS):
+                break
+            q = p + 2
+            if iflags & ITEM_TRANSFER:
+                q += 16
+                if q > end or fdirs[ndx] or not transfers_ok:
+                    break
+                blocks, blength, s2len, remainder = _I32X4.unpack_from(data, p + 2)
+                if blocks or blength or s2len or remainder:
+                    if not (
+                        0 <= blocks <= max_count
+                        and 0 <= blength <= max_block
+                        and (blocks == 0 or blength > 0)
+                        and 0 <= s2len <= 16
+                        and 0 <= remainder <= blength
+                    ):
+                        break  # refused on the general path
+                    skip = blocks * (4 + s2len)
+                    if q + skip > end or self._sum_bytes + skip > max_sums:
+                        break
+                else:
+                    skip = 0
+                bit = 1 << (ndx & 7)
+                if seen[ndx >> 3] & bit:
+                    break  # a repeat: counted on the general path
+                pos = ids[ndx]
+                size = sizes[pos]
+                if size > SMALL_BODY_MAX:
+                    break
+                seen[ndx >> 3] |= bit
+                self._sum_bytes += skip
+                body = read(names[ends[pos - 1] : ends[pos]], 0, size, size)
+                diff = ndx - prev_out
+                ndx_out = _BYTE[diff] if 0 < diff < 0xFE else writer.encode(ndx)
+                if size <= LITERAL_CHUNK:
+                    # ndx, echo of flags and sum head, one literal run, end + MD5.
+                    parts.append(
+                        ndx_out + data[p:q] + _I32.pack(size) if size else ndx_out + data[p:q]
+                    )
+                    parts.append(body)
+                else:
+                    parts.append(ndx_out + data[p:q])
+                    for off in range(0, size, LITERAL_CHUNK):
+                        piece = body[off : off + LITERAL_CHUNK]
+                        parts.append(_I32.pack(len(piece)))
+                        parts.append(piece)
+                parts.append(tails[20 * pos : 20 * pos + 20])
+                produced += size + 40
+                files += 1
+                q += skip
+            else:
+                diff = ndx - prev_out
+                parts.append(_BYTE[diff] if 0 < diff < 0xFE else writer.encode(ndx))
+                parts.append(data[p:q])
+            writer.prev_pos = prev_out = ndx
+            prev_in = ndx
+            done = q
+        if not done:
+            return False
+        buf.skip(done)
+        self._ndx_in.prev_pos = prev_in
+        self._commit_data()
+        self.files_sent += files
+        self._send_data(b"".join(parts))
+        return True
 
     def _answer(self, req: _Request) -> None:
         flist, revision, args = self.flist, self.revision, self.args
         assert flist is not None and revision is not None and args is not None
-        item: ListedEntry = flist.entries[req.ndx]
         head = bytearray(int32(req.ndx) if self.protocol < 30 else self._ndx_out.encode(req.ndx))
         if self.protocol >= 30:
             head += bytes([req.iflags & 0xFF, req.iflags >> 8])
@@ -765,42 +945,26 @@ class Session:
             self._send_data(head)
             return
         head += _I32X4.pack(*req.head)
-        entry = item.entry
+        pos = flist.ids[req.ndx]
+        size = revision.sizes[pos]
         level = args.compress_level if args.compress else 0
         self.files_sent += 1
-        if entry.size <= CACHED_BODY_MAX:
-            body = revision.response_body(entry, self.protocol, level, self._seed)
-            self._send_data(head + body)
-            self._events.append(
-                FileSent(item.name.decode("utf-8", "replace"), entry.size, len(body))
-            )
+        if size <= SMALL_BODY_MAX:
+            self._send_data(head + revision.response_body(pos, self.protocol, level, self._seed))
             return
         # A large file: produced lazily, one frame at a time.
         self._send_data(head)
+        checksum = revision.transfer_sum(pos, self.protocol, self._seed)
         if level:
-            tokens = revision.deflated(entry, level)
-            wire = len(tokens)
-            view = memoryview(tokens)
-            body_iter: Iterator[bytes | memoryview] = (
-                view[i : i + MAX_DATA_FRAME_OUT] for i in range(0, wire, MAX_DATA_FRAME_OUT)
-            )
+            body_iter = _slices(revision.deflated(pos, level), checksum)
         else:
-            data = revision.content(entry.path)
-            wire = len(data) + 4 * (len(data) // 32768 + 2)
-            body_iter = literal_tokens(data)
-        checksum = revision.transfer_sum(entry, self.protocol, self._seed)
-        self._events.append(FileSent(item.name.decode("utf-8", "replace"), entry.size, wire))
-
-        def produce() -> Iterator[bytes | memoryview]:
-            yield from body_iter
-            yield checksum
-
-        self._producer = produce()
+            body_iter = _read_literal(revision, pos, checksum)
+        self._producer = body_iter
 
     def _send_stats(self) -> None:
         flist = self.flist
         assert flist is not None
-        total_size = sum(e.entry.size for e in flist.entries if not e.entry.is_dir)
+        total_size = flist.total_size
         # What rsync's report() sends: bytes read and written so far.  Counted as parsed and
         # as produced, without multiplex headers, so the values do not depend on how the I/O
         # layer split the stream (the client only prints them).
@@ -828,3 +992,24 @@ class Session:
         self.state = transition(self.state, "goodbye")
         self._flush_data()
         self._end(None)
+
+
+def _slices(data: bytes, tail: bytes) -> Iterator[bytes | memoryview]:
+    """``data`` a frame's worth at a time (views: shared bytes are never copied whole), then
+    ``tail``."""
+    view = memoryview(data)
+    for off in range(0, len(data), MAX_DATA_FRAME_OUT):
+        yield view[off : off + MAX_DATA_FRAME_OUT]
+    if tail:
+        yield tail
+
+
+def _read_literal(revision: Revision, pos: int, checksum: bytes) -> Iterator[bytes]:
+    """A large file's literal token stream, read a chunk at a time as the output drains, then
+    its checksum."""
+    path, size = revision.path(pos), revision.sizes[pos]
+    for off in range(0, size, LITERAL_CHUNK):
+        n = min(LITERAL_CHUNK, size - off)
+        yield _I32.pack(n) + revision.source.read(path, off, n, size)
+    yield _ZERO4
+    yield checksum

@@ -31,7 +31,6 @@ from rpkirepo.metrics import Metric
 from rpkirepo.rsync._session import (
     SERVER_PROTOCOL,
     ClientMessage,
-    FileSent,
     ModuleListed,
     Session,
     SessionEnded,
@@ -44,7 +43,10 @@ __all__ = ["RsyncDaemon", "RsyncdCounters", "serve_rsync"]
 log = logging.getLogger("rpkirepo.rsyncd")
 
 READ_SIZE = 65536
-WRITE_CHUNK = 256 * 1024
+#: Output handed to the transport at once.  The next chunk is produced only once the kernel
+#: took the previous one (the transport's buffer is drained to empty), so a session whose
+#: client reads slowly holds at most about one chunk in Python.
+WRITE_CHUNK = 64 * 1024
 CLOSE_GRACE = 2.0
 
 
@@ -162,6 +164,7 @@ class RsyncDaemon:
         finally:
             self._events(session, addr)
             self.counters.bytes_received += session.bytes_in
+            self.counters.files_sent += session.files_sent
             await self._close(writer, b"")
             self.counters.active -= 1
             self._per_address[addr] -= 1
@@ -190,6 +193,8 @@ class RsyncDaemon:
                 options.append((handshake_end - now, Reason.RSYNC_HANDSHAKE_TIMEOUT))
             return min(options, key=lambda o: o[0])
 
+        transport = writer.transport
+        transport.set_write_buffer_limits(high=0)  # drain() waits for an empty buffer
         try:
             while True:
                 out = session.data_to_send(WRITE_CHUNK)
@@ -197,9 +202,14 @@ class RsyncDaemon:
                 if out:
                     writer.write(out)
                     self.counters.bytes_sent += len(out)
+                    if not transport.get_write_buffer_size():
+                        # The socket took it: let other sessions run, then go on.
+                        await asyncio.sleep(0)
+                        continue
                     timeout, reason = budget()
                     try:
-                        await asyncio.wait_for(writer.drain(), max(timeout, 0))
+                        async with asyncio.timeout(max(timeout, 0)):
+                            await writer.drain()
                     except TimeoutError:
                         session.abort(reason, "timeout sending to the client")
                         return
@@ -214,7 +224,8 @@ class RsyncDaemon:
                     return
                 timeout, reason = budget()
                 try:
-                    data = await asyncio.wait_for(reader.read(READ_SIZE), max(timeout, 0))
+                    async with asyncio.timeout(max(timeout, 0)):
+                        data = await reader.read(READ_SIZE)
                 except TimeoutError:
                     session.abort(reason, "timeout")
                     await self._flush(session, writer)
@@ -248,9 +259,7 @@ class RsyncDaemon:
 
     def _events(self, session: Session, addr: str) -> None:
         while (event := session.next_event()) is not None:
-            if isinstance(event, FileSent):
-                self.counters.files_sent += 1
-            elif isinstance(event, TransferStarted):
+            if isinstance(event, TransferStarted):
                 log.info(
                     "%s: module %s revision %s path %r protocol %d: %d entries%s",
                     addr, event.module, event.revision, event.path, event.protocol,

@@ -6,8 +6,21 @@ writes as ``--rsync-dir`` (rpkirepo.publish.rsync_tree): ``current`` is a symlin
 So the symlink is resolved once, the tree it names is walked once without following any symlink
 (a symlink, device, socket or FIFO inside it makes the revision unloadable: the daemon keeps
 serving the previous one), every name is validated, and every file is read once, with
-``O_NOFOLLOW``.  :class:`ModuleWatcher` polls ``current`` and swaps the revision atomically:
-sessions hold the revision object they started with, so a client mid-transfer finishes on it.
+``O_NOFOLLOW``, for its size, mtime and MD5; the bodies are not kept.
+
+Bodies are read again when a client asks for them, by :class:`RevisionFiles`: the revision
+directory is opened once at load and every file is opened relative to that descriptor
+(``O_NOFOLLOW``) and read with ``pread``, so a later swap of ``current`` (or a rename of the
+revision directory) does not change what a loaded revision serves.  A file that is gone or
+whose size differs from the one listed is an error for the session that asked (the client
+gets an rsync error message), never a wrong body; a same-size rewrite, which publish never
+does, is caught by the client's whole-file MD5 check, since the digest sent is the one
+computed at load.  The descriptor is closed when the last session holding the revision ends.
+These reads happen on the event loop: they are page-cache reads of small files (a revision
+was just written, and RPKI objects are kilobytes), one per requested file.
+
+:class:`ModuleWatcher` polls ``current`` and swaps the revision atomically: sessions hold the
+revision object they started with, so a client mid-transfer finishes on it.
 
 A plain directory without ``current`` is served as it is (tests, hand-made trees); it is only
 re-read when the daemon restarts.
@@ -15,19 +28,65 @@ re-read when the daemon restarts.
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import logging
 import os
 import secrets
 import stat
+import weakref
 from pathlib import Path
+from typing import Final
 
 from rpkirepo.errors import LimitExceeded, Reason, RpkiRepoError, StorageError
 from rpkirepo.limits import DEFAULT_LIMITS, Limits
 from rpkirepo.rsync._model import Revision, RevisionBuilder
 
-__all__ = ["ModuleWatcher", "load_revision", "resolve_current"]
+__all__ = ["ModuleWatcher", "RevisionFiles", "load_revision", "resolve_current"]
 
 log = logging.getLogger("rpkirepo.rsyncd")
+
+_OPEN_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class RevisionFiles:
+    """The :class:`~rpkirepo.rsync._model.BodySource` of one loaded revision directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._dir = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._closer = weakref.finalize(self, os.close, self._dir)
+
+    def close(self) -> None:
+        self._closer()
+
+    def read(self, path: bytes, offset: int, size: int, total: int) -> bytes:
+        try:
+            fd = os.open(path, _OPEN_FLAGS, dir_fd=self._dir)
+        except OSError as exc:
+            raise StorageError(
+                Reason.RSYNC_REVISION,
+                f"cannot read a file of the revision: {exc.strerror}",
+                path=os.fsdecode(path),
+            ) from None
+        try:
+            # At the end of the file, one byte more shows a file that grew.
+            data = os.pread(fd, size + 1 if offset + size >= total else size, offset)
+        except OSError as exc:
+            raise StorageError(
+                Reason.RSYNC_REVISION,
+                f"cannot read a file of the revision: {exc.strerror}",
+                path=os.fsdecode(path),
+            ) from None
+        finally:
+            os.close(fd)
+        if len(data) != size:
+            raise StorageError(
+                Reason.RSYNC_REVISION,
+                "file changed under a loaded revision",
+                path=os.fsdecode(path),
+            )
+        return data
 
 
 def resolve_current(module_dir: Path) -> Path:
@@ -44,7 +103,8 @@ def resolve_current(module_dir: Path) -> Path:
     return module_dir
 
 
-def _read_file(path: bytes, size_cap: int) -> tuple[bytes, int]:
+def _digest_file(path: bytes, size_cap: int) -> tuple[int, int, bytes]:
+    """(size, mtime, MD5) of a regular file, read once."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
@@ -68,7 +128,7 @@ def _read_file(path: bytes, size_cap: int) -> tuple[bytes, int]:
             raise StorageError(
                 Reason.RSYNC_REVISION, "file changed while read", path=os.fsdecode(path)
             )
-        return data, int(st.st_mtime)
+        return len(data), int(st.st_mtime), hashlib.md5(data, usedforsecurity=False).digest()
     finally:
         os.close(fd)
 
@@ -82,6 +142,10 @@ def load_revision(root: Path, limits: Limits = DEFAULT_LIMITS, name: str = "") -
         seed=secrets.randbits(31),
     )
     base = os.fsencode(root)
+    try:
+        source = RevisionFiles(root)
+    except OSError as exc:
+        raise StorageError(Reason.RSYNC_REVISION, str(exc.strerror or exc), path=str(root)) from exc
     try:
         builder.set_root_mtime(int(os.stat(base).st_mtime))
         stack: list[bytes] = [b""]
@@ -97,8 +161,8 @@ def load_revision(root: Path, limits: Limits = DEFAULT_LIMITS, name: str = "") -
                     builder.add_dir(child, int(st.st_mtime))
                     stack.append(child)
                 elif stat.S_ISREG(st.st_mode):
-                    data, mtime = _read_file(entry.path, limits.max_object_size)
-                    builder.add_file(child, mtime, data)
+                    size, mtime, md5 = _digest_file(entry.path, limits.max_object_size)
+                    builder.add_file_digest(child, mtime, size, md5)
                 else:
                     raise StorageError(
                         Reason.RSYNC_BAD_NAME,
@@ -106,10 +170,27 @@ def load_revision(root: Path, limits: Limits = DEFAULT_LIMITS, name: str = "") -
                         path=os.fsdecode(entry.path),
                     )
     except OSError as exc:
+        source.close()
         raise StorageError(Reason.RSYNC_REVISION, str(exc.strerror or exc), path=str(root)) from exc
-    revision = builder.build()
+    except BaseException:
+        source.close()
+        raise
+    revision = builder.build(source)
     revision.max_flist_cache = limits.rsync_max_flist_cache
+    del builder
+    _release_free_memory()
     return revision
+
+
+def _release_free_memory() -> None:
+    """Hand the memory the walk used for its temporary rows back to the system (glibc keeps
+    freed heap pages otherwise): the daemon's resident size is then the model's."""
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 class ModuleWatcher:
