@@ -34,7 +34,7 @@ import hashlib
 import zlib
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -312,6 +312,8 @@ class Revision:
     total_size: int = 0
     max_flist_cache: int = 32
     deflate_cache_bytes: int = DEFLATE_CACHE_BYTES
+    #: The MD4 implementation (protocol 27): the adapter may hand in a native one.
+    md4: Callable[[bytes], bytes] = field(default=md4, repr=False)
     _flists: dict[FlistOptions, FileList] = field(default_factory=dict, repr=False)
     _md4: bytearray | None = field(default=None, repr=False)
     _md4_seeded: bytearray | None = field(default=None, repr=False)
@@ -373,7 +375,7 @@ class Revision:
         # then merely recomputed).
         cached = bytes(table[16 * pos : 16 * pos + 16])
         if cached == _NO_MD5:
-            cached = md4(prefix + self.content(pos))
+            cached = self.md4(prefix + self.content(pos))
             table[16 * pos : 16 * pos + 16] = cached
         return cached
 
@@ -383,7 +385,7 @@ class Revision:
         if protocol >= 30:
             return self.md5(pos)
         if seed != self.seed:
-            return md4(int32(seed) + self.content(pos))
+            return self.md4(int32(seed) + self.content(pos))
         if self._md4_seeded is None:
             self._md4_seeded = bytearray(16 * self.count)
         return self._cached_md4(self._md4_seeded, pos, int32(seed))

@@ -37,8 +37,6 @@ below ``dest`` is validated again (defence in depth against CVE-2024-12087-class
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import functools
 import logging
@@ -65,7 +63,6 @@ from rpkirepo.errors import (
     StorageError,
 )
 from rpkirepo.limits import DEFAULT_LIMITS, Limits
-from rpkirepo.rsync._md4 import md4
 from rpkirepo.rsync._receiver import (
     NEED_DATA,
     EntryKind,
@@ -77,6 +74,7 @@ from rpkirepo.rsync._receiver import (
     check_name,
     include_rules,
 )
+from rpkirepo.rsync.md4_native import md4_digest
 from rpkirepo.uri import RsyncUri
 
 __all__ = ["ModuleFetch", "ReceivedFile", "fetch_module", "fetch_module_external"]
@@ -296,30 +294,6 @@ class _Writer:
             self._queued = 0
             self._cv.notify_all()
         self._thread.join()
-
-
-@functools.cache
-def _fast_md4() -> Callable[[bytes], bytes]:
-    """MD4 from libcrypto's low-level API when it is there (~400x the pure-Python one, which
-    matters for protocol 27 only); else the pure-Python one."""
-    try:
-        name = ctypes.util.find_library("crypto")
-        if name is None:
-            return md4
-        func = ctypes.CDLL(name).MD4
-    except (OSError, AttributeError):
-        return md4
-    func.restype = ctypes.c_void_p
-    func.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p]
-
-    def digest(data: bytes) -> bytes:
-        out = ctypes.create_string_buffer(16)
-        func(data, len(data), out)
-        return out.raw
-
-    if digest(b"abc") != md4(b"abc"):  # pragma: no cover - a broken library
-        return md4
-    return digest
 
 
 def _extensions(include_extensions: tuple[str, ...] | None) -> frozenset[str] | None:
@@ -588,7 +562,7 @@ def fetch_module(
         compress=compress,
         filter_rules=rules,
         limits=limits,
-        md4_digest=_fast_md4(),
+        md4_digest=md4_digest(),
     )
     _check_dest(dest)
     out = _Tree(dest)

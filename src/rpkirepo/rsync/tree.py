@@ -41,6 +41,7 @@ from typing import Final
 from rpkirepo.errors import LimitExceeded, Reason, RpkiRepoError, StorageError
 from rpkirepo.limits import DEFAULT_LIMITS, Limits
 from rpkirepo.rsync._model import Revision, RevisionBuilder
+from rpkirepo.rsync.md4_native import md4_digest
 
 __all__ = ["ModuleWatcher", "RevisionFiles", "load_revision", "resolve_current"]
 
@@ -177,6 +178,7 @@ def load_revision(root: Path, limits: Limits = DEFAULT_LIMITS, name: str = "") -
         raise
     revision = builder.build(source)
     revision.max_flist_cache = limits.rsync_max_flist_cache
+    revision.md4 = md4_digest()
     del builder
     _release_free_memory()
     return revision
