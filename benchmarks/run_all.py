@@ -22,7 +22,8 @@ BENCHMARKS = [
     ("publish", ["bench_publish.py", "--sizes", "1000,100000", "--json"]),
     ("sync", ["bench_sync.py", "--sizes", "10000,100000", "--json"]),
     ("serve", ["bench_serve.py", "--json"]),
-    ("rsyncd", ["bench_rsyncd.py", "--files", "20000", "--clients", "20", "--json"]),
+    ("rsyncd", ["bench_rsyncd.py", "--quick", "--json"]),
+    ("fetch", ["bench_fetch.py", "--objects", "100000", "--json"]),
 ]
 
 

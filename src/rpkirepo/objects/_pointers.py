@@ -14,6 +14,7 @@ Only :class:`~rpkirepo.errors.RpkiRepoError` subclasses are raised (``OBJECT_*``
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -84,10 +85,27 @@ class ManifestEntries:
     files: tuple[tuple[str, bytes], ...]
 
 
+_PRINTABLE: Final = re.compile(rb"[\x20-\x7e]*")
+#: A manifest file name: a safe single path segment (the rule of FileAndHash).
+_SAFE_NAME: Final = re.compile(rb"(?!\.\.?\Z)[\x21-\x2e\x30-\x7e]+")
+
+
 def _ascii(data: bytes, what: str) -> str:
-    if not all(0x20 <= b < 0x7F for b in data):
+    if _PRINTABLE.fullmatch(data) is None:
         raise RemoteProtocolError(Reason.OBJECT_MALFORMED, f"{what} is not printable ASCII")
     return data.decode("ascii")
+
+
+def _entry(inner: Der, entry: Tlv) -> tuple[str, bytes]:
+    """One FileAndHash, the general way (any length form, BER)."""
+    pair = inner.children(entry) if entry[0] == SEQUENCE else []
+    if len(pair) != 2 or pair[0][0] != IA5_STRING or pair[1][0] != BIT_STRING:
+        raise malformed("FileAndHash is not SEQUENCE { IA5String, BIT STRING }")
+    bits = inner.raw(pair[1])
+    if not bits or bits[0] != 0:
+        raise malformed("FileAndHash: the hash has unused bits")
+    item = FileAndHash(_ascii(inner.raw(pair[0]), "a manifest file name"), bits[1:])
+    return item.file, item.hash
 
 
 def read_ca_pointers(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> CaPointers:
@@ -183,13 +201,22 @@ def read_manifest_entries(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Ma
         raise RemoteProtocolError(Reason.OBJECT_MALFORMED, "manifest: bad manifestNumber")
     number = int.from_bytes(raw_number, "big")
     files: list[tuple[str, bytes]] = []
+    append = files.append
+    safe = _SAFE_NAME.fullmatch
     for entry in inner.children(kids[4]):
-        pair = inner.children(entry) if entry[0] == SEQUENCE else []
-        if len(pair) != 2 or pair[0][0] != IA5_STRING or pair[1][0] != BIT_STRING:
-            raise malformed("FileAndHash is not SEQUENCE { IA5String, BIT STRING }")
-        bits = inner.raw(pair[1])
-        if not bits or bits[0] != 0:
-            raise malformed("FileAndHash: the hash has unused bits")
-        item = FileAndHash(_ascii(inner.raw(pair[0]), "a manifest file name"), bits[1:])
-        files.append((item.file, item.hash))
+        # The usual DER shape, read in place: 30 L 16 n NAME 03 21 00 HASH32 (short lengths);
+        # anything else (long forms, BER, a bad entry) takes the general path, which decides.
+        tag, start, end, _ = entry
+        if tag == SEQUENCE and content[start] == IA5_STRING:
+            n = content[start + 1]
+            at = start + 2 + n
+            if (
+                n < 0x80
+                and at + 35 == end
+                and content[at : at + 3] == b"\x03\x21\x00"
+                and safe(content, start + 2, at) is not None
+            ):
+                append((content[start + 2 : at].decode("ascii"), content[at + 3 : end]))
+                continue
+        append(_entry(inner, entry))
     return ManifestEntries(number, tuple(files))
