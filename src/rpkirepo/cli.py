@@ -293,8 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve_command.add_arguments(p)
     group = p.add_argument_group(
         "rsync daemon",
-        "read-only, sender-only rsync from memory: each module serves DIR/current "
-        "(e.g. --rsync-listen 0.0.0.0:873 --module repo=/var/lib/rpkirepo/rsync)",
+        "read-only, sender-only rsync from a shared in-memory model: each module serves "
+        "DIR/current (e.g. --rsync-listen 0.0.0.0:873 --module repo=/var/lib/rpkirepo/rsync)",
     )
     rsync_command.add_arguments(group)  # type: ignore[arg-type]
     p.set_defaults(func=cmd_serve)
