@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
-from rpkirepo.config import Config
+from rpkirepo.config import Config, parse_duration
 from rpkirepo.errors import ConfigError, Reason, RpkiRepoError
 from rpkirepo.fetch.report import report_json, report_metrics, report_text
 from rpkirepo.fetch.store import RepositoryKey
@@ -63,6 +63,7 @@ FETCH_KEYS: Final = frozenset(
         "rsync_external",
         "rsync_only",
         "rsync_protocol",
+        "cleanup_after",
         "metrics_file",
     }
 )
@@ -98,6 +99,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         choices=(27, 30, 31),
         help="rsync protocol the native client offers (default 31)",
+    )
+    p.add_argument(
+        "--cleanup-after",
+        type=parse_duration,
+        help="keep a replaced tree this long for validators still reading it; past it the tree "
+        "is reused, so a small change costs O(change) (default 10m)",
     )
     p.add_argument("--metrics-file", type=Path, help="write metrics for node_exporter")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
@@ -139,6 +146,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         rrdp=not bool(pick("rsync_only", False)),
         rsync_external=bool(pick("rsync_external", False)),
         rsync_protocol=int(pick("rsync_protocol", 31)),
+        cleanup_after=float(pick("cleanup_after", 600.0)),
     )
     if opts.concurrency < 1:
         raise ConfigError(Reason.USAGE, "--concurrency must be at least 1")
