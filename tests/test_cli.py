@@ -210,6 +210,14 @@ def test_make_demo_runs(tmp_path: Path) -> None:
     assert "sync: deltas, 1 delta applied" in out.stdout
     assert "mirror tree identical to the publisher's: True" in out.stdout
     assert "then not-modified (one conditional request). Its tree is identical: True" in out.stdout
+    # Step 7: fetch through our rsync daemon (a second run transfers nothing), then
     # rpki-client, when it can run here (pytest's 0700 tmp dirs keep _rpki-client out), agrees.
-    step7 = next(line for line in out.stdout.splitlines() if line.startswith("7. "))
-    assert step7.endswith("exactly the testbed's expected VRPs: True") or "skipped" in step7
+    text = out.stdout.split("\n7. ", 1)[1].split("\n\n", 1)[0]
+    fetches = [line for line in text.splitlines() if "rpkirepo fetch" in line]
+    assert len(fetches) == 2, text
+    assert all("publication points matching their manifests: True" in f for f in fetches), text
+    assert "second run" in fetches[1] and " 0 files transferred" in fetches[1], text
+    clients = [line for line in text.splitlines() if "rpki-client" in line]
+    assert clients, text
+    for line in clients:
+        assert line.endswith("exactly the testbed's expected VRPs: True") or "skipped" in line
