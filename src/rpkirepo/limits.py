@@ -194,6 +194,11 @@ class Limits:
     rsync_max_connections_per_address: int = _limit(
         50, "Most concurrent rsync daemon connections from one client IP address."
     )
+    rsync_deflate_cache_bytes: int = _limit(
+        4 * 1024 * 1024,
+        "Most bytes of `-z` (deflated) file bodies the rsync daemon keeps per revision, least "
+        "recently used out (caching every body compressed would cost ~the repository's size).",
+    )
     rsync_revision_poll: int = _limit(
         2, "Seconds between checks of a module's `current` symlink for a new revision."
     )

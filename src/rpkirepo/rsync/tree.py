@@ -178,6 +178,7 @@ def load_revision(root: Path, limits: Limits = DEFAULT_LIMITS, name: str = "") -
         raise
     revision = builder.build(source)
     revision.max_flist_cache = limits.rsync_max_flist_cache
+    revision.deflate_cache_bytes = limits.rsync_deflate_cache_bytes
     revision.md4 = md4_digest()
     del builder
     _release_free_memory()
