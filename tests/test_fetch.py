@@ -280,3 +280,30 @@ def test_ta_over_rsync_fetches_that_one_file(repo: Origin, tmp_path: Path) -> No
     assert [(t.transport, t.uri) for t in report.tals] == [("rsync", repo.rsync_base + "ta.cer")]
     assert view(tmp_path / "cache", repo.module_dir) == repo.objects()
     assert (tmp_path / "cache" / "objects" / "ta" / "ta" / "ta.cer").is_file()
+
+
+def test_object_limit_per_repository(repo: Origin, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from rpkirepo.limits import DEFAULT_LIMITS
+
+    held = len(repo.objects())
+    few = replace(DEFAULT_LIMITS, max_repository_objects=held - 1)
+    report = fetch(repo, tmp_path / "c1", limits=few)
+    [r] = report.repositories
+    assert r.transport == "none"
+    assert r.reasons[:2] == [Reason.TOO_MANY_OBJECTS.value, Reason.FETCH_RRDP_FAILED.value]
+    # A delta that grows the repository past the limit: the snapshot is tried, and refused too;
+    # the last good copy stays.
+    cache = tmp_path / "c2"
+    fetch(repo, cache)
+    top = repo.testbed / "repository"
+    roa = sorted(top.rglob("*.roa"))[0]
+    roa.with_name("extra.roa").write_bytes(roa.read_bytes())
+    repo.publish()
+    exact = replace(DEFAULT_LIMITS, max_repository_objects=held)
+    report = fetch(repo, cache, limits=exact)
+    [r] = report.repositories
+    assert r.transport == "cached"
+    assert r.reasons[:2] == [Reason.TOO_MANY_OBJECTS.value, Reason.FETCH_RRDP_FAILED.value]
+    assert "extra.roa" not in "".join(view(cache, repo.module_dir))
