@@ -147,6 +147,17 @@ class _Ca:
     tal: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Visit:
+    """A CA accepted by :meth:`_Walk.add_ca`: its validated SIA and repository, to be read
+    once that repository's update is done."""
+
+    ca: _Ca
+    repo: RsyncUri
+    mft: RsyncUri
+    key: RepositoryKey
+
+
 class _ParseCache:
     """What the walk read from manifests and CA certificates, by the SHA-256 of the file.
 
@@ -209,8 +220,8 @@ class _Walk:
         self.rsynced: dict[RepositoryKey, set[str]] = {}
         self.pending: dict[cf.Future[StoreUpdate], RepositoryKey] = {}
         self.in_flight: set[RepositoryKey] = set()
-        self.parked: dict[RepositoryKey, list[_Ca]] = {}
-        self.ready: deque[_Ca] = deque()
+        self.parked: dict[RepositoryKey, list[_Visit]] = {}
+        self.ready: deque[_Visit] = deque()
         #: rsync module -> the repository whose store the output view links it to.
         self.module_owner: dict[str, RepositoryKey] = {}
         self.repos_per_tal: dict[str, set[RepositoryKey]] = {}
@@ -315,7 +326,7 @@ class _Walk:
             return
         try:
             repo = RsyncUri.parse(repo_uri, max_length=self.limits.max_uri_length)
-            RsyncUri.parse(mft_uri, max_length=self.limits.max_uri_length)
+            mft = RsyncUri.parse(mft_uri, max_length=self.limits.max_uri_length)
             notify = next(
                 (
                     HttpsUri.parse(u, max_length=self.limits.max_uri_length)
@@ -354,31 +365,24 @@ class _Walk:
                 ca.uri,
                 f"module {module} already belongs to repository {owner.uri}",
             )
+        visit = _Visit(ca, repo, mft, key)
         if key in self.in_flight:
-            self.parked.setdefault(key, []).append(ca)
+            self.parked.setdefault(key, []).append(visit)
         elif key in self.updates:
             rep = self.updates[key]
             if rep.transport != "rrdp" and module not in self.rsynced.get(key, set()):
                 # RRDP failed this run: this module was not known when rsync ran.
-                self.parked.setdefault(key, []).append(ca)
+                self.parked.setdefault(key, []).append(visit)
                 self.submit(key, rsync_modules={module})
             else:
-                self.ready.append(ca)
+                self.ready.append(visit)
         else:
-            self.parked.setdefault(key, []).append(ca)
+            self.parked.setdefault(key, []).append(visit)
             self.submit(key)
 
-    def visit(self, ca: _Ca) -> None:
+    def visit(self, visit: _Visit) -> None:
         """Read a CA's publication point from its own store; follow its child CAs."""
-        cert = ca.cert
-        repo = RsyncUri(next(u for u in cert.ca_repository if u.startswith("rsync://")))
-        mft = RsyncUri(next(u for u in cert.rpki_manifest if u.startswith("rsync://")))
-        notify = next((u for u in cert.rpki_notify if u.startswith("https://")), None)
-        key = (
-            RepositoryKey(notify=notify)
-            if notify is not None and self.o.rrdp
-            else RepositoryKey.for_module(repo)
-        )
+        ca, repo, mft, key = visit.ca, visit.repo, visit.mft, visit.key
         store = self.stores[key]
         pp = PubPointReport(ca.uri, repo.uri, mft.uri, key.uri, ca.depth)
         self.report.publication_points.append(pp)
@@ -508,8 +512,7 @@ class _Walk:
         try:
             while self.ready or self.pending:
                 while self.ready:
-                    ca = self.ready.popleft()
-                    self.visit(ca)
+                    self.visit(self.ready.popleft())
                     self.progress("cas", len(self.report.publication_points), self.cas)
                 if self.pending:
                     self.wait_some()
