@@ -151,6 +151,8 @@ class Store:
         limits = replace(
             self.limits, sync_run_deadline=min(self.limits.sync_run_deadline, remaining)
         )
+        # An rsync-only store never speaks RRDP (only adopt_tree runs on it): a fixed name
+        # stands where the notification URI would, to mark the state directory as a store's.
         notify = HttpsUri(self.key.notify) if self.key.notify else HttpsUri("https://invalid/x")
         origin = notify.uri[: notify.uri.find("/", len("https://")) + 1]
         return SyncOptions(
