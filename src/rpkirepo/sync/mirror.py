@@ -859,11 +859,7 @@ class _Run:
         writer: BackgroundTree | None = None
         switch = sys.getswitchinterval()
         try:
-            conn.execute("DROP TABLE IF EXISTS temp.incoming")
-            conn.execute(
-                "CREATE TEMP TABLE incoming (path TEXT PRIMARY KEY, sha256 BLOB NOT NULL, "
-                "size INTEGER NOT NULL, mtime INTEGER NOT NULL)"
-            )
+            _create_incoming(conn)
             batch: list[tuple[str, bytes, int, int, bytes]] = []
             count = 0
             if tree is not None:
@@ -936,11 +932,7 @@ class _Run:
             removed = old_count - kept
             stats["removed"] = removed
             self.check_shrink(old_count, removed, count)
-            conn.execute("DELETE FROM objects")
-            conn.execute(
-                "INSERT INTO objects SELECT path, sha256, size, mtime, x'', 0 FROM temp.incoming"
-            )
-            conn.execute("DROP TABLE temp.incoming")
+            _objects_from_incoming(conn)
             # Trees of the old history can no longer be brought forward from the change log.
             state.prune_changes(2**63 - 1)
             # (The current tree too: it is retired at the commit point, never to be reused.)
@@ -1045,6 +1037,23 @@ class _Run:
 
     def collect_garbage(self, state: State) -> None:
         collect_garbage(state, self.o.rrdp_dir, self.revisions, self.now - self.o.cleanup_after)
+
+
+def _create_incoming(conn: sqlite3.Connection) -> None:
+    """The staging table a whole new object set (a snapshot, a fetched tree) is written to,
+    inside the run's transaction, before it replaces ``objects``."""
+    conn.execute("DROP TABLE IF EXISTS temp.incoming")
+    conn.execute(
+        "CREATE TEMP TABLE incoming (path TEXT PRIMARY KEY, sha256 BLOB NOT NULL, "
+        "size INTEGER NOT NULL, mtime INTEGER NOT NULL)"
+    )
+
+
+def _objects_from_incoming(conn: sqlite3.Connection) -> None:
+    """Replace ``objects`` with the staging table (still inside the transaction)."""
+    conn.execute("DELETE FROM objects")
+    conn.execute("INSERT INTO objects SELECT path, sha256, size, mtime, x'', 0 FROM temp.incoming")
+    conn.execute("DROP TABLE temp.incoming")
 
 
 def _may_place(existing: Path, staged: Path, digest: Sha256) -> bool:
@@ -1190,11 +1199,7 @@ def _adopt_locked(
         build(root, current_root)
         sync_filesystem(root)
         state.begin()
-        conn.execute("DROP TABLE IF EXISTS temp.incoming")
-        conn.execute(
-            "CREATE TEMP TABLE incoming (path TEXT PRIMARY KEY, sha256 BLOB NOT NULL, "
-            "size INTEGER NOT NULL, mtime INTEGER NOT NULL)"
-        )
+        _create_incoming(conn)
         # Walked and hashed in batches: a million files never sit in memory at once.
         batch: list[tuple[str, bytes, int, int]] = []
         count = 0
@@ -1227,10 +1232,7 @@ def _adopt_locked(
             "FROM objects o JOIN temp.incoming i USING (path)"
         ).fetchone()
         run.forget_session(state)
-        conn.execute(
-            "INSERT INTO objects SELECT path, sha256, size, mtime, x'', 0 FROM temp.incoming"
-        )
-        conn.execute("DROP TABLE temp.incoming")
+        _objects_from_incoming(conn)
         os.rename(root, run.revisions / name)
         root = run.revisions / name
         fsync_dir(run.revisions)
