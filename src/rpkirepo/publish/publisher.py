@@ -30,7 +30,6 @@ import logging
 import os
 import secrets
 import sqlite3
-import sys
 import time
 import uuid
 import zlib
@@ -575,18 +574,17 @@ class _Run:
 
         # --- objects: read the changed ones, write them into the tree, build index rows ---
         total = len(changes)
-        # Many files: one writer thread creates them while this one reads and parses the next
+        # Many files: a helper process creates them while this one reads and parses the next
         # (see BackgroundTree); a few: written here, each fsynced.
         writer: TreeWriter | BackgroundTree = tree if small else BackgroundTree(tree)
-        switch = sys.getswitchinterval()
-        if writer is not tree:
-            sys.setswitchinterval(0.0005)
         try:
             self._write_objects(changes, writer, new_rows, bits, total)
-        finally:
+        except BaseException:
             if isinstance(writer, BackgroundTree):
-                sys.setswitchinterval(switch)
-                writer.close()
+                writer.abort()
+            raise
+        if isinstance(writer, BackgroundTree):
+            writer.close()
         self.progress("objects", total, total)
         tree.finish()
         self.lap("objects")

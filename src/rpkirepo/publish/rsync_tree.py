@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
-import queue
 import secrets
 import shutil
-import threading
+import struct
+import subprocess
+import sys
 from pathlib import Path
-from typing import Final, cast
+from typing import Final, NoReturn
 
 from rpkirepo.errors import Reason, StorageError
 from rpkirepo.fsutil import TMP_PREFIX, write_all
@@ -38,6 +40,14 @@ __all__ = ["DIR_MTIME", "BackgroundTree", "TreeWriter", "slot_name"]
 DIR_MTIME: Final = 946684800
 
 _CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+
+#: BackgroundTree's helper: a script run by path, standard library only.
+_CHILD: Final = os.fspath(Path(__file__).with_name("_tree_child.py"))
+#: Its frame header (op, path length, data length, mtime); see ``_tree_child.py``.
+_HEADER: Final = struct.Struct("<cIIq")
+#: Frames are sent to the helper in writes of about this size; also its pipe's capacity.
+_FLUSH_BYTES: Final = 1 << 20
+_F_SETPIPE_SZ: Final = 1031
 
 
 def slot_name(session_id: str, serial: int) -> str:
@@ -78,11 +88,19 @@ class TreeWriter:
         return writer
 
     def _parent(self, relpath: str) -> str:
+        full, new_dir = self.plan_parent(relpath)
+        if new_dir is not None:
+            os.makedirs(os.path.join(self.root, new_dir), mode=0o755, exist_ok=True)
+        return full
+
+    def plan_parent(self, relpath: str) -> tuple[str, str | None]:
+        """The path of ``relpath`` in the tree, and its parent directory when that must be made
+        first (recorded as made, with every ancestor, so their mtimes are reset too)."""
         full = self.prefix + relpath
         parent = full.rpartition("/")[0]
+        new_dir = None
         if parent not in self._dirs:
-            os.makedirs(os.path.join(self.root, parent), mode=0o755, exist_ok=True)
-            # Record every ancestor (and the root) so their mtimes are reset too.
+            new_dir = parent
             self.touched_dirs.add("")
             parts = parent.split("/")
             for i in range(1, len(parts) + 1):
@@ -90,7 +108,7 @@ class TreeWriter:
                 self._dirs.add(d)
                 self.touched_dirs.add(d)
         self.touched_dirs.add(parent)
-        return full
+        return full, new_dir
 
     def write(self, relpath: str, data: bytes, mtime: int) -> None:
         """Create a new file (never overwrites) with the object's mtime."""
@@ -185,54 +203,161 @@ def reuse_tree(revisions: Path, name: str, prefix: str, link_source: Path) -> Tr
 
 
 class BackgroundTree:
-    """Runs a :class:`TreeWriter`'s writes and links on one background thread.
+    """Runs a :class:`TreeWriter`'s writes and links in a helper process.
 
-    Creating a file costs this kind of machine ~200 µs of kernel time that parallel creators do
-    not shorten (the filesystem serialises them), while parsing, hashing and the mtime rule are
-    Python work of about the same size: one writer thread beside the parser overlaps the two.
-    The queue is bounded, so memory stays flat; the first error is raised by the next call.
+    Creating a file costs this kind of machine ~100-200 µs of kernel time, and parsing, hashing
+    and the mtime rule are Python work of about the same size.  A writer *thread* beside the
+    parser was tried first: every syscall of it hands the GIL back and waits for it again, so
+    the two mostly took turns on one core.  A helper process (``_tree_child.py``, standard
+    library only) makes the syscalls on the other core; this side keeps every piece of
+    bookkeeping (the tree's directories, touched directories and counts) and streams it
+    framed operations through a pipe, whose capacity bounds the memory in flight.
+
+    A few operations are not worth a process: until ``spawn_after`` operations (or
+    ``spawn_bytes``) are queued nothing is started, and :meth:`close` performs what it holds
+    in this process.  Errors are raised by the next call that finds the helper gone, or by
+    :meth:`close`; :meth:`abort` stops the helper without finishing.
     """
 
-    _STOP: Final = object()
-
-    def __init__(self, tree: TreeWriter, depth: int = 4096) -> None:
+    def __init__(self, tree: TreeWriter, *, spawn_after: int = 512, spawn_bytes: int = 1 << 22
+                 ) -> None:  # fmt: skip
         self.tree = tree
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="tree-writer", daemon=True)
-        self._thread.start()
+        self._held: list[tuple[str, str, bytes, int]] = []
+        self._held_bytes = 0
+        self._spawn_after = spawn_after
+        self._spawn_bytes = spawn_bytes
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._frames: list[bytes] = []
+        self._frame_bytes = 0
+        self._closed = False
 
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is BackgroundTree._STOP:
-                return
-            if self._error is not None:
-                continue  # drain: the caller learns of the error at its next call
-            try:
-                op, path, data, mtime = cast(tuple[str, str, bytes, int], item)
-                if op == "w":
-                    self.tree.write(path, data, mtime)
-                else:
-                    self.tree.link(path)
-            except BaseException as exc:  # handed to the caller's thread
-                self._error = exc
-
-    def _check(self) -> None:
-        if self._error is not None:
-            raise self._error
+    # ------------------------------------------------------------------ queueing
 
     def write(self, relpath: str, data: bytes, mtime: int) -> None:
-        self._check()
-        self._queue.put(("w", relpath, data, mtime))
+        self._queue("w", relpath, data, mtime)
 
     def link(self, relpath: str) -> None:
-        self._check()
-        self._queue.put(("l", relpath, b"", 0))
+        if self.tree.link_source is None:
+            raise StorageError(Reason.STORAGE_UNEXPECTED, "no tree to link from", path=relpath)
+        self._queue("l", relpath, b"", 0)
+
+    def _queue(self, op: str, relpath: str, data: bytes, mtime: int) -> None:
+        if self._closed:
+            raise StorageError(Reason.STORAGE_UNEXPECTED, "tree writer already closed")
+        if self._proc is None:
+            self._held.append((op, relpath, data, mtime))
+            self._held_bytes += len(data)
+            if len(self._held) >= self._spawn_after or self._held_bytes >= self._spawn_bytes:
+                self._spawn()
+            return
+        self._encode(op, relpath, data, mtime)
+        if self._frame_bytes >= _FLUSH_BYTES:
+            self._flush()
+
+    def _encode(self, op: str, relpath: str, data: bytes, mtime: int) -> None:
+        tree = self.tree
+        full, new_dir = tree.plan_parent(relpath)
+        if new_dir is not None:
+            self._frame(b"d", new_dir, b"", 0)
+        self._frame(op.encode(), full, data, mtime)
+        if op == "w":
+            tree.files_written += 1
+
+    def _frame(self, op: bytes, path: str, data: bytes, mtime: int) -> None:
+        raw = os.fsencode(path)
+        self._frames.append(_HEADER.pack(op, len(raw), len(data), mtime))
+        self._frames.append(raw)
+        if data:
+            self._frames.append(data)
+        self._frame_bytes += _HEADER.size + len(raw) + len(data)
+
+    # ------------------------------------------------------------------ the helper
+
+    def _spawn(self) -> None:
+        tree = self.tree
+        link_source = "" if tree.link_source is None else os.fspath(tree.link_source)
+        argv = [sys.executable, "-I", "-S", _CHILD, os.fspath(tree.root), link_source,
+                "1" if tree.fresh else "0", str(os.getpid())]  # fmt: skip
+        try:
+            self._proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True
+            )
+        except OSError as exc:
+            raise StorageError(
+                Reason.STORAGE_IO, f"cannot start the tree writer: {exc.strerror}"
+            ) from exc
+        assert self._proc.stdin is not None
+        with contextlib.suppress(OSError):  # a larger pipe: fewer wake-ups on both sides
+            fcntl.fcntl(self._proc.stdin.fileno(), _F_SETPIPE_SZ, _FLUSH_BYTES)
+        held, self._held, self._held_bytes = self._held, [], 0
+        for item in held:
+            self._encode(*item)
+
+    def _flush(self) -> None:
+        proc = self._proc
+        assert proc is not None and proc.stdin is not None
+        data = b"".join(self._frames)
+        self._frames.clear()
+        self._frame_bytes = 0
+        try:
+            write_all(proc.stdin.fileno(), data)
+        except OSError:  # the helper stopped: it says why
+            self._fail()
+
+    def _fail(self, answer: bytes | None = None) -> NoReturn:
+        """Raise what the helper said (``err ...``) or that it stopped; it is reaped first."""
+        proc = self._proc
+        assert proc is not None and proc.stdout is not None
+        if answer is None:
+            answer = proc.stdout.read(4096)
+        self._reap(kill=True)
+        fields = answer.split()
+        if len(fields) == 4 and fields[0] == b"err":
+            code, path = int(fields[1]), os.fsdecode(bytes.fromhex(fields[3].decode()))
+            raise StorageError(
+                Reason.STORAGE_IO, os.strerror(code), path=os.path.join(self.tree.root, path)
+            )
+        raise StorageError(Reason.STORAGE_IO, "the tree writer stopped", status=proc.returncode)
+
+    def _reap(self, *, kill: bool) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if kill and proc.poll() is None:
+            proc.kill()
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        proc.wait()
+
+    # ------------------------------------------------------------------ the end
 
     def close(self) -> None:
-        """Wait for every queued operation; raise the first error."""
-        if self._thread.is_alive():
-            self._queue.put(BackgroundTree._STOP)
-            self._thread.join()
-        self._check()
+        """Perform or wait for every queued operation; raise the first error."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._proc is None:
+            held, self._held = self._held, []
+            for op, relpath, data, mtime in held:
+                if op == "w":
+                    self.tree.write(relpath, data, mtime)
+                else:
+                    self.tree.link(relpath)
+            return
+        proc = self._proc
+        assert proc.stdout is not None
+        self._frame(b"e", "", b"", 0)
+        self._flush()
+        answer = proc.stdout.readline()
+        if answer != b"ok\n":
+            self._fail(answer)
+        self._reap(kill=False)
+
+    def abort(self) -> None:
+        """Stop without finishing (the caller is about to remove the tree)."""
+        self._closed = True
+        self._held.clear()
+        self._frames.clear()
+        self._reap(kill=True)

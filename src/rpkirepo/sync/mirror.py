@@ -40,8 +40,6 @@ import secrets
 import sqlite3
 import stat
 import struct
-import sys
-import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -857,19 +855,12 @@ class _Run:
         state.begin()
         stats = {"added": 0, "modified": 0, "removed": 0}
         writer: BackgroundTree | None = None
-        switch = sys.getswitchinterval()
         try:
             _create_incoming(conn)
             batch: list[tuple[str, bytes, int, int, bytes]] = []
             count = 0
             if tree is not None:
                 writer = BackgroundTree(tree)
-                # Hand the GIL to the writer thread soon after each of its syscalls returns
-                # (the default 5 ms leaves it waiting while the parser runs); restored below.
-                # The interval is process-wide: only the main thread changes it (``rpkirepo
-                # fetch`` updates stores in a pool, where save/restore pairs would interleave).
-                if threading.current_thread() is threading.main_thread():
-                    sys.setswitchinterval(0.0005)
 
             def flush() -> None:
                 nonlocal count
@@ -924,7 +915,6 @@ class _Run:
             flush()
             if writer is not None:
                 writer.close()
-                sys.setswitchinterval(switch)
             old_count = conn.execute("SELECT COUNT(*) FROM objects").fetchone()[0]
             kept = conn.execute(
                 "SELECT COUNT(*) FROM objects JOIN temp.incoming USING (path)"
@@ -941,9 +931,7 @@ class _Run:
         except BaseException:
             state.rollback()
             if writer is not None:
-                sys.setswitchinterval(switch)
-                with contextlib.suppress(BaseException):
-                    writer.close()  # stop writing before the tree is removed
+                writer.abort()  # stop writing before the tree is removed
             if tree is not None:
                 remove_tree(tree.root)
             raise

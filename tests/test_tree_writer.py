@@ -1,0 +1,138 @@
+"""The tree writers: TreeWriter in this process, BackgroundTree through its helper process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from rpkirepo.errors import Reason, StorageError
+from rpkirepo.publish.rsync_tree import DIR_MTIME, BackgroundTree, TreeWriter
+
+FILES = {f"ca{i // 25}/obj{i}.roa": bytes([i % 251]) * (100 + i) for i in range(700)}
+
+
+def _tree_of(root: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        p.relative_to(root).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns // 10**9)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("spawn_after", [1, 10_000], ids=["helper", "in-process"])
+def test_writes_and_links_like_tree_writer(tmp_path: Path, spawn_after: int) -> None:
+    """The same operations give the same tree, mtimes and bookkeeping whether the helper runs
+    (spawn_after=1) or the operations stay below the threshold (performed at close)."""
+    ref = TreeWriter.new_tree(tmp_path, "pub/", None)
+    for i, (rel, data) in enumerate(FILES.items()):
+        ref.write(rel, data, 1_600_000_000 + i)
+    ref.finish()
+
+    bg_tree = TreeWriter.new_tree(tmp_path, "pub/", ref.root)
+    writer = BackgroundTree(bg_tree, spawn_after=spawn_after)
+    for i, (rel, data) in enumerate(FILES.items()):
+        if i % 3 == 0:
+            writer.link(rel)  # same inode as the reference tree's
+        else:
+            writer.write(rel, data, 1_600_000_000 + i)
+    writer.close()
+    bg_tree.finish()
+
+    assert _tree_of(bg_tree.root) == _tree_of(ref.root)
+    assert bg_tree.touched_dirs == ref.touched_dirs
+    assert bg_tree.files_written == len(FILES) - len(range(0, len(FILES), 3))
+    first = "pub/ca0/obj0.roa"
+    assert os.stat(bg_tree.root / first).st_ino == os.stat(ref.root / first).st_ino
+    assert os.stat(bg_tree.root / "pub/ca0").st_mtime == DIR_MTIME
+
+
+def test_reused_tree_replaces_files(tmp_path: Path) -> None:
+    """A tree that is not fresh: a file written over an existing name is replaced (a new inode),
+    never written into, so trees sharing the old inode keep their content."""
+    tree = TreeWriter.new_tree(tmp_path, "", None)
+    tree.write("a/x.roa", b"old" * 100, 1)
+    tree.finish()
+    other = tmp_path / "other"
+    os.mkdir(other)
+    os.link(tree.root / "a/x.roa", other / "x.roa")
+    reused = TreeWriter(tree.root, "", None)
+    writer = BackgroundTree(reused, spawn_after=1)
+    writer.write("a/x.roa", b"new" * 100, 2)
+    writer.close()
+    assert (tree.root / "a/x.roa").read_bytes() == b"new" * 100
+    assert (other / "x.roa").read_bytes() == b"old" * 100
+
+
+def test_helper_error_is_a_storage_error(tmp_path: Path) -> None:
+    """A create that fails in the helper (the name exists in a fresh tree) surfaces as
+    STORAGE_IO naming the path, at the latest from close()."""
+    tree = TreeWriter.new_tree(tmp_path, "", None)
+    os.makedirs(tree.root / "d")
+    (tree.root / "d/clash.roa").write_bytes(b"x")
+    writer = BackgroundTree(tree, spawn_after=1)
+    with pytest.raises(StorageError) as info:
+        writer.write("d/clash.roa", b"y" * 64, 1)
+        for i in range(5000):  # enough to fill the pipe once the helper has stopped
+            writer.write(f"d/more{i}.roa", b"z" * 1024, 1)
+        writer.close()
+    assert info.value.reason is Reason.STORAGE_IO
+    assert "d/clash.roa" in str(info.value.context.get("path"))
+
+
+def test_link_without_source_is_refused(tmp_path: Path) -> None:
+    writer = BackgroundTree(TreeWriter.new_tree(tmp_path, "", None))
+    with pytest.raises(StorageError) as info:
+        writer.link("a.roa")
+    assert info.value.reason is Reason.STORAGE_UNEXPECTED
+    writer.abort()
+
+
+def test_abort_stops_the_helper(tmp_path: Path) -> None:
+    tree = TreeWriter.new_tree(tmp_path, "", None)
+    writer = BackgroundTree(tree, spawn_after=1)
+    writer.write("a/b.roa", b"x" * 100, 1)
+    proc = writer._proc
+    assert proc is not None
+    writer.abort()
+    assert proc.returncode is not None
+    with pytest.raises(StorageError):
+        writer.write("a/c.roa", b"x", 1)
+
+
+def test_helper_dies_with_its_parent(tmp_path: Path) -> None:
+    """A kill -9 of a run must not leave the helper writing into a tree the next run removes:
+    it exits on end of input and (Linux) is killed with its parent."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the "run": starts a helper, reports its pid, then waits to be killed
+        try:
+            os.close(r)
+            tree = TreeWriter.new_tree(tmp_path, "", None)
+            writer = BackgroundTree(tree, spawn_after=1)
+            writer.write("a/b.roa", b"x" * 100, 1)
+            assert writer._proc is not None
+            os.write(w, str(writer._proc.pid).encode())
+            os.close(w)
+            signal.pause()
+        finally:
+            os._exit(0)
+    os.close(w)
+    helper = int(os.read(r, 64))
+    os.close(r)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    for _ in range(200):
+        try:
+            os.kill(helper, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{helper}/stat") as f:
+            if f.read().split(") ")[1].startswith("Z"):
+                break  # a zombie of init's: gone for our purposes
+        time.sleep(0.02)
+    else:
+        pytest.fail("the helper outlived its parent")
