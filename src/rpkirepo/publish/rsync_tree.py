@@ -22,36 +22,62 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
+import queue
 import secrets
 import shutil
 import struct
 import subprocess
 import sys
+import threading
+from array import array
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final, NoReturn
 
 from rpkirepo.errors import Reason, StorageError
 from rpkirepo.fsutil import TMP_PREFIX, write_all
+from rpkirepo.limits import Limits
+from rpkirepo.objects import mtime_of
 
-__all__ = ["DIR_MTIME", "BackgroundTree", "TreeWriter", "slot_name"]
+__all__ = ["DIR_MTIME", "BackgroundTree", "MtimeRule", "TreeWriter", "slot_name"]
 
 #: Constant directory mtime (any constant will do, BCP §rsync): 2000-01-01T00:00:00Z.
 DIR_MTIME: Final = 946684800
 
 _CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 
-#: BackgroundTree's helper: a script run by path, standard library only.
+#: BackgroundTree's helper, a script run by path; the directory holding the package, for its
+#: imports (the mtime rule).
 _CHILD: Final = os.fspath(Path(__file__).with_name("_tree_child.py"))
+_PACKAGE_ROOT: Final = os.fspath(Path(__file__).resolve().parents[2])
 #: Its frame header (op, path length, data length, mtime); see ``_tree_child.py``.
 _HEADER: Final = struct.Struct("<cIIq")
 #: Frames are sent to the helper in writes of about this size; also its pipe's capacity.
 _FLUSH_BYTES: Final = 1 << 20
 _F_SETPIPE_SZ: Final = 1031
+#: Chunks (of about ``_FLUSH_BYTES``) queued for the feeder thread before the producer waits.
+_QUEUED_CHUNKS: Final = 16
 
 
 def slot_name(session_id: str, serial: int) -> str:
     return f"{session_id[:8]}-{serial}"
+
+
+@dataclass(frozen=True)
+class MtimeRule:
+    """RFC 9589's file time for an object, ``now`` for one without a usable time (with the
+    reason).  Applied by :meth:`BackgroundTree.write_timed`, in its helper when one runs."""
+
+    now: int
+    limits: Limits
+
+    def __call__(self, data: bytes, name: str) -> tuple[int, str | None]:
+        t = mtime_of(data, name, limits=self.limits)
+        if t.seconds >= 0:
+            return t.seconds, None
+        return self.now, str(t.reason or Reason.OBJECT_MALFORMED)
 
 
 class TreeWriter:
@@ -211,7 +237,10 @@ class BackgroundTree:
     the two mostly took turns on one core.  A helper process (``_tree_child.py``, standard
     library only) makes the syscalls on the other core; this side keeps every piece of
     bookkeeping (the tree's directories, touched directories and counts) and streams it
-    framed operations through a pipe, whose capacity bounds the memory in flight.
+    framed operations through a pipe.  A feeder thread does the pipe writes (one syscall per
+    MiB) from a bounded queue, so a burst of operations (a batch of 2,000 objects is ~5 MB)
+    does not make the parser wait for the helper to catch up; at most ``_QUEUED_CHUNKS`` MiB
+    are in flight.
 
     A few operations are not worth a process: until ``spawn_after`` operations (or
     ``spawn_bytes``) are queued nothing is started, and :meth:`close` performs what it holds
@@ -219,9 +248,15 @@ class BackgroundTree:
     :meth:`close`; :meth:`abort` stops the helper without finishing.
     """
 
-    def __init__(self, tree: TreeWriter, *, spawn_after: int = 512, spawn_bytes: int = 1 << 22
-                 ) -> None:  # fmt: skip
+    def __init__(self, tree: TreeWriter, *, rule: MtimeRule | None = None, spawn_after: int = 512,
+                 spawn_bytes: int = 1 << 22) -> None:  # fmt: skip
         self.tree = tree
+        self.rule = rule
+        #: After :meth:`close`: the mtime :meth:`write_timed` gave each object, in call order,
+        #: and (index, reason) for those that got ``rule.now``.
+        self.times = array("q")
+        self.fallbacks: list[tuple[int, str]] = []
+        self._timed = 0
         self._held: list[tuple[str, str, bytes, int]] = []
         self._held_bytes = 0
         self._spawn_after = spawn_after
@@ -230,11 +265,23 @@ class BackgroundTree:
         self._frames: list[bytes] = []
         self._frame_bytes = 0
         self._closed = False
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED_CHUNKS)
+        self._feeder: threading.Thread | None = None
+        self._feed_failed = False
 
     # ------------------------------------------------------------------ queueing
 
     def write(self, relpath: str, data: bytes, mtime: int) -> None:
         self._queue("w", relpath, data, mtime)
+
+    def write_timed(self, relpath: str, data: bytes) -> int:
+        """Like :meth:`write`, with the mtime by ``rule`` (RFC 9589), found where the file is
+        written.  Returns the index of its mtime in :attr:`times` (filled by :meth:`close`)."""
+        if self.rule is None:
+            raise StorageError(Reason.STORAGE_UNEXPECTED, "no mtime rule given", path=relpath)
+        self._queue("t", relpath, data, 0)
+        self._timed += 1
+        return self._timed - 1
 
     def link(self, relpath: str) -> None:
         if self.tree.link_source is None:
@@ -260,7 +307,7 @@ class BackgroundTree:
         if new_dir is not None:
             self._frame(b"d", new_dir, b"", 0)
         self._frame(op.encode(), full, data, mtime)
-        if op == "w":
+        if op != "l":
             tree.files_written += 1
 
     def _frame(self, op: bytes, path: str, data: bytes, mtime: int) -> None:
@@ -276,11 +323,18 @@ class BackgroundTree:
     def _spawn(self) -> None:
         tree = self.tree
         link_source = "" if tree.link_source is None else os.fspath(tree.link_source)
-        argv = [sys.executable, "-I", "-S", _CHILD, os.fspath(tree.root), link_source,
+        # -P: the script's directory is not put on sys.path (its module names could shadow).
+        argv = [sys.executable, "-P", _CHILD, os.fspath(tree.root), link_source,
                 "1" if tree.fresh else "0", str(os.getpid())]  # fmt: skip
+        if self.rule is not None:
+            argv += [str(self.rule.now), json.dumps(asdict(self.rule.limits))]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p
+        )
         try:
             self._proc = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True, env=env
             )
         except OSError as exc:
             raise StorageError(
@@ -289,20 +343,37 @@ class BackgroundTree:
         assert self._proc.stdin is not None
         with contextlib.suppress(OSError):  # a larger pipe: fewer wake-ups on both sides
             fcntl.fcntl(self._proc.stdin.fileno(), _F_SETPIPE_SZ, _FLUSH_BYTES)
+        self._feeder = threading.Thread(
+            target=self._feed, args=(self._proc.stdin.fileno(),), name="tree-feeder", daemon=True
+        )
+        self._feeder.start()
         held, self._held, self._held_bytes = self._held, [], 0
         for item in held:
             self._encode(*item)
 
+    def _feed(self, fd: int) -> None:
+        while (chunk := self._chunks.get()) is not None:
+            if self._feed_failed:
+                continue  # drain until the end marker
+            try:
+                write_all(fd, chunk)
+            except OSError:  # the helper stopped: close() or the next flush says why
+                self._feed_failed = True
+
     def _flush(self) -> None:
-        proc = self._proc
-        assert proc is not None and proc.stdin is not None
+        if self._feed_failed:
+            self._stop_feeder()
+            self._fail()
         data = b"".join(self._frames)
         self._frames.clear()
         self._frame_bytes = 0
-        try:
-            write_all(proc.stdin.fileno(), data)
-        except OSError:  # the helper stopped: it says why
-            self._fail()
+        self._chunks.put(data)
+
+    def _stop_feeder(self) -> None:
+        if self._feeder is not None:
+            self._chunks.put(None)
+            self._feeder.join()
+            self._feeder = None
 
     def _fail(self, answer: bytes | None = None) -> NoReturn:
         """Raise what the helper said (``err ...``) or that it stopped; it is reaped first."""
@@ -325,6 +396,7 @@ class BackgroundTree:
             return
         if kill and proc.poll() is None:
             proc.kill()
+        self._stop_feeder()  # before its pipe is closed (a feeder writing gets EPIPE, drains)
         for stream in (proc.stdin, proc.stdout):
             if stream is not None:
                 with contextlib.suppress(OSError):
@@ -341,18 +413,35 @@ class BackgroundTree:
         if self._proc is None:
             held, self._held = self._held, []
             for op, relpath, data, mtime in held:
-                if op == "w":
-                    self.tree.write(relpath, data, mtime)
-                else:
+                if op == "t":
+                    assert self.rule is not None
+                    mtime, reason = self.rule(data, relpath)
+                    if reason is not None:
+                        self.fallbacks.append((len(self.times), reason))
+                    self.times.append(mtime)
+                if op == "l":
                     self.tree.link(relpath)
+                else:
+                    self.tree.write(relpath, data, mtime)
             return
         proc = self._proc
         assert proc.stdout is not None
         self._frame(b"e", "", b"", 0)
         self._flush()
+        self._stop_feeder()
         answer = proc.stdout.readline()
-        if answer != b"ok\n":
+        fields = answer.split()
+        if len(fields) != 3 or fields[0] != b"ok":
             self._fail(answer)
+        count, fallbacks = int(fields[1]), int(fields[2])
+        raw = proc.stdout.read(8 * count)
+        lines = [proc.stdout.readline().split() for _ in range(fallbacks)]
+        if len(raw) != 8 * count or any(len(line) != 2 for line in lines):
+            self._fail(b"")
+        self.times.frombytes(raw)
+        if sys.byteorder != "little":
+            self.times.byteswap()
+        self.fallbacks = [(int(i), r.decode()) for i, r in lines]
         self._reap(kill=False)
 
     def abort(self) -> None:

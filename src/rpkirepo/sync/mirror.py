@@ -72,7 +72,7 @@ from rpkirepo.fsutil import (
 from rpkirepo.httpget import Validators
 from rpkirepo.limits import DEFAULT_LIMITS, Limits
 from rpkirepo.objects import mtime_of
-from rpkirepo.publish.rsync_tree import BackgroundTree, TreeWriter
+from rpkirepo.publish.rsync_tree import BackgroundTree, MtimeRule, TreeWriter
 from rpkirepo.publish.served import (
     collect_garbage,
     pick_tree,
@@ -857,27 +857,35 @@ class _Run:
         writer: BackgroundTree | None = None
         try:
             _create_incoming(conn)
-            batch: list[tuple[str, bytes, int, int, bytes]] = []
+            batch: list[tuple[str, bytes, bytes]] = []
             count = 0
             if tree is not None:
-                writer = BackgroundTree(tree)
+                # The helper finds each new object's mtime (RFC 9589) where it writes the file,
+                # on the other core; the rows get theirs when it is done (``seq``).
+                writer = BackgroundTree(tree, rule=MtimeRule(int(self.now), self.o.limits))
 
             def flush() -> None:
                 nonlocal count
-                old = state.rows(p for p, *_ in batch)
-                for path, sha, _size, mtime, data in batch:
+                old = state.rows(p for p, _, _ in batch)
+                rows: list[tuple[str, bytes, int, int, int | None]] = []
+                for path, sha, data in batch:
                     row = old.get(path)
                     if row is not None and bytes(row.sha256) == sha:
+                        # The same bytes under the same name: the same time, kept (an object
+                        # without a usable time keeps the one it was first given).
                         if writer is not None:
-                            if writer.tree.link_source is not None and row.mtime == mtime:
+                            if writer.tree.link_source is not None:
                                 writer.link(path)
                             else:
-                                writer.write(path, data, mtime)
+                                writer.write(path, data, row.mtime)
+                        rows.append((path, sha, len(data), row.mtime, None))
+                        continue
+                    stats["modified" if row is not None else "added"] += 1
+                    if writer is not None:
+                        rows.append((path, sha, len(data), 0, writer.write_timed(path, data)))
                     else:
-                        stats["modified" if row is not None else "added"] += 1
-                        if writer is not None:
-                            writer.write(path, data, mtime)
-                conn.executemany("INSERT INTO incoming VALUES (?,?,?,?)", [b[:4] for b in batch])
+                        rows.append((path, sha, len(data), self.mtime(data, path), None))
+                conn.executemany("INSERT INTO incoming VALUES (?,?,?,?,?)", rows)
                 count += len(batch)
                 batch.clear()
 
@@ -891,16 +899,7 @@ class _Run:
                         "the snapshot holds more objects than allowed",
                         limit="max_repository_objects",
                     )
-                path = self.key(ev.uri, state)
-                batch.append(
-                    (
-                        path,
-                        Sha256.of(ev.data).digest,
-                        len(ev.data),
-                        self.mtime(ev.data, path),
-                        ev.data,
-                    )
-                )
+                batch.append((self.key(ev.uri, state), Sha256.of(ev.data).digest, ev.data))
                 if len(batch) >= BATCH:
                     flush()
 
@@ -915,6 +914,7 @@ class _Run:
             flush()
             if writer is not None:
                 writer.close()
+                self.take_times(conn, writer)
             old_count = conn.execute("SELECT COUNT(*) FROM objects").fetchone()[0]
             kept = conn.execute(
                 "SELECT COUNT(*) FROM objects JOIN temp.incoming USING (path)"
@@ -937,6 +937,24 @@ class _Run:
             raise
         self.stats = stats
         return tree
+
+    @staticmethod
+    def take_times(conn: sqlite3.Connection, writer: BackgroundTree) -> None:
+        """Give the staged rows written with :meth:`BackgroundTree.write_timed` their mtimes."""
+        conn.execute("CREATE TEMP TABLE times (seq INTEGER PRIMARY KEY, mtime INTEGER NOT NULL)")
+        conn.executemany("INSERT INTO times VALUES (?,?)", enumerate(writer.times))
+        conn.execute(
+            "UPDATE temp.incoming SET mtime = (SELECT mtime FROM temp.times t "
+            "WHERE t.seq = incoming.seq) WHERE seq IS NOT NULL"
+        )
+        conn.execute("DROP TABLE temp.times")
+        for seq, reason in writer.fallbacks:
+            row = conn.execute("SELECT path FROM temp.incoming WHERE seq=?", (seq,)).fetchone()
+            log.info(
+                "no time in %s, mtime is the sync time",
+                row[0] if row else seq,
+                extra={"reason": reason},
+            )
 
     def check_shrink(self, held: int, removed: int, incoming: int) -> None:
         o = self.o
@@ -1033,7 +1051,7 @@ def _create_incoming(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE IF EXISTS temp.incoming")
     conn.execute(
         "CREATE TEMP TABLE incoming (path TEXT PRIMARY KEY, sha256 BLOB NOT NULL, "
-        "size INTEGER NOT NULL, mtime INTEGER NOT NULL)"
+        "size INTEGER NOT NULL, mtime INTEGER NOT NULL, seq INTEGER)"
     )
 
 
@@ -1211,9 +1229,9 @@ def _adopt_locked(
                     digest = hashlib.file_digest(f, "sha256").digest()
                 batch.append((os.path.relpath(full, root), digest, st.st_size, int(st.st_mtime)))
                 if len(batch) >= BATCH:
-                    conn.executemany("INSERT INTO incoming VALUES (?,?,?,?)", batch)
+                    conn.executemany("INSERT INTO incoming VALUES (?,?,?,?,NULL)", batch)
                     batch.clear()
-        conn.executemany("INSERT INTO incoming VALUES (?,?,?,?)", batch)
+        conn.executemany("INSERT INTO incoming VALUES (?,?,?,?,NULL)", batch)
         held = conn.execute("SELECT COUNT(*) FROM objects").fetchone()[0]
         kept, modified = conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(o.sha256 != i.sha256), 0) "
