@@ -159,7 +159,7 @@ def test_write_timed_applies_rfc9589(tmp_path: Path, corpus_dir: Path, spawn_aft
     rule = MtimeRule(1_700_000_000, DEFAULT_LIMITS)
     tree = TreeWriter.new_tree(tmp_path, "", None)
     writer = BackgroundTree(tree, rule=rule, spawn_after=spawn_after)
-    order = []
+    order: list[str] = []
     for rel, data in objects.items():
         assert writer.write_timed(rel, data) == len(order)
         order.append(rel)
