@@ -3,7 +3,8 @@
 wait4()'s ru_maxrss is no good for this on Linux: the maximum resident set size is carried across
 fork+exec, so a child reports at least its parent's size at fork time, and a benchmark that holds
 a repository in memory would inflate every figure.  The child prints its own VmHWM (the peak of
-its address space, which exec replaces) on its last stderr line instead.
+its address space, which exec replaces) on its last stderr line instead, and its helper
+processes (the tree writer's) are sampled while it runs.
 """
 
 from __future__ import annotations
@@ -28,15 +29,48 @@ _WRAP = (
 )
 
 
+def _tree_rss_kib(pid: int) -> int:
+    """Summed VmRSS of ``pid`` and its descendants (the tree writer helper) right now."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next((int(ln.split()[1]) for ln in f if ln.startswith("VmRSS")), 0)
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+    return total
+
+
 def run_cli(args: list[str]) -> tuple[subprocess.CompletedProcess[bytes], float, float]:
-    """``rpkirepo ARGS`` in a child: (result, wall seconds, peak RSS in MB); exits on failure."""
+    """``rpkirepo ARGS`` in a child: (result, wall seconds, peak RSS in MB); exits on failure.
+
+    The peak is the larger of the child's own VmHWM (exact) and the largest sum of RSS over the
+    child and its own children (the tree writer's helper process), sampled every 0.1 s.
+    """
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _WRAP, *args], capture_output=True, env=env)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _WRAP, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    tree_kib = 0
+    while True:
+        try:
+            out, err = child.communicate(timeout=0.1)
+            break
+        except subprocess.TimeoutExpired:
+            tree_kib = max(tree_kib, _tree_rss_kib(child.pid))
     elapsed = time.perf_counter() - t0
+    proc = subprocess.CompletedProcess(child.args, child.returncode, out, err)
     if proc.returncode != 0:
         sys.exit(
             f"rpkirepo {' '.join(args[:2])} failed ({proc.returncode}): {proc.stderr.decode()}"
         )
     hwm_kib = int(proc.stderr.decode().strip().splitlines()[-1].split()[1])
-    return proc, elapsed, hwm_kib / 1024
+    return proc, elapsed, max(hwm_kib, tree_kib) / 1024

@@ -307,3 +307,37 @@ def test_object_limit_per_repository(repo: Origin, tmp_path: Path) -> None:
     assert r.transport == "cached"
     assert r.reasons[:2] == [Reason.TOO_MANY_OBJECTS.value, Reason.FETCH_RRDP_FAILED.value]
     assert "extra.roa" not in "".join(view(cache, repo.module_dir))
+
+
+def test_held_files_index_equals_the_range_queries(tmp_path: Path) -> None:
+    """The walk's one-scan index of a store gives each publication point exactly the files a
+    range query over its directory gives (direct children only; a sibling directory that
+    shares the prefix, like ``ca-1`` and ``ca-10``, is not mixed in)."""
+    import sqlite3
+
+    from rpkirepo.fetch.walk import _index_objects
+
+    conn = sqlite3.connect(tmp_path / "s.db")
+    conn.execute("CREATE TABLE objects (path TEXT PRIMARY KEY, sha256 BLOB NOT NULL)")
+    paths = [
+        f"h:873/repo/{d}/{n}"
+        for d in ("ca-1", "ca-10", "ca-1/sub", "ca-1.x", "ca-2")
+        for n in ("a.roa", "b.mft", "c.cer")
+    ] + ["h:873/repo/top.cer"]
+    conn.executemany(
+        "INSERT INTO objects VALUES (?,?)", [(p, bytes([i]) * 32) for i, p in enumerate(paths)]
+    )
+    index = _index_objects(conn)
+    assert index is not None
+    for d in ("h:873/repo", "h:873/repo/ca-1", "h:873/repo/ca-10", "h:873/repo/ca-1/sub",
+              "h:873/repo/ca-9"):  # fmt: skip
+        prefix = d + "/"
+        expected = {
+            path[len(prefix) :]: bytes(sha)
+            for path, sha in conn.execute(
+                "SELECT path, sha256 FROM objects WHERE path >= ? AND path < ?",
+                (prefix, d + "0"),
+            )
+            if "/" not in path[len(prefix) :]
+        }
+        assert index.get(d, {}) == expected, d

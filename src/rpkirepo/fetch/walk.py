@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from asn1crypto import x509
 
@@ -158,6 +158,12 @@ class _Visit:
     key: RepositoryKey
 
 
+#: Parse-cache entries held before they are written to walk.db in one statement.
+_PARSE_CACHE_BATCH: Final = 4096
+#: Stores with at most this many objects are indexed in one scan (see _index_objects).
+_HELD_INDEX_ROWS: Final = 200_000
+
+
 class _ParseCache:
     """What the walk read from manifests and CA certificates, by the SHA-256 of the file.
 
@@ -174,6 +180,8 @@ class _ParseCache:
             path.unlink(missing_ok=True)
             self.conn = self._open()
         self.used: set[bytes] = set()
+        #: Entries parsed this run, written in one statement at :meth:`close`.
+        self.new: dict[tuple[bytes, str], str] = {}
 
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path)
@@ -184,21 +192,32 @@ class _ParseCache:
         return conn
 
     def get(self, digest: bytes, kind: str) -> Any:
-        row = self.conn.execute(
-            "SELECT value FROM parsed WHERE sha256=? AND kind=?", (digest, kind)
-        ).fetchone()
-        if row is None:
-            return None
+        text = self.new.get((digest, kind))
+        if text is None:
+            row = self.conn.execute(
+                "SELECT value FROM parsed WHERE sha256=? AND kind=?", (digest, kind)
+            ).fetchone()
+            if row is None:
+                return None
+            text = row[0]
         self.used.add(digest)
-        return json.loads(row[0])
+        return json.loads(text)
 
     def put(self, digest: bytes, kind: str, value: object) -> None:
-        self.conn.execute(
-            "INSERT OR REPLACE INTO parsed VALUES (?,?,?)", (digest, kind, json.dumps(value))
-        )
+        self.new[(digest, kind)] = json.dumps(value)
         self.used.add(digest)
+        if len(self.new) >= _PARSE_CACHE_BATCH:
+            self._write()
+
+    def _write(self) -> None:
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO parsed VALUES (?,?,?)",
+            ((digest, kind, text) for (digest, kind), text in self.new.items()),
+        )
+        self.new.clear()
 
     def close(self) -> None:
+        self._write()
         conn = self.conn
         conn.execute("CREATE TEMP TABLE used (sha256 BLOB PRIMARY KEY)")
         conn.executemany("INSERT OR IGNORE INTO used VALUES (?)", ((d,) for d in self.used))
@@ -230,6 +249,9 @@ class _Walk:
         self.parsed = _ParseCache(opts.cache / "walk.db")
         #: One read-only connection to each store's state, opened after its update.
         self.connections: dict[RepositoryKey, sqlite3.Connection] = {}
+        #: Per store: directory -> {name: SHA-256} of every object, read in one scan (None: the
+        #: store is too large for that, so each publication point is one range query).
+        self.held_index: dict[RepositoryKey, dict[str, dict[str, bytes]] | None] = {}
         self.manifest_numbers = self._load_manifest_numbers()
         self.pool = cf.ThreadPoolExecutor(
             max_workers=max(1, opts.concurrency), thread_name_prefix="fetch"
@@ -300,6 +322,7 @@ class _Walk:
             stale = self.connections.pop(key, None)
             if stale is not None:
                 stale.close()
+            self.held_index.pop(key, None)
             self.progress("repositories", len(self.updates), len(self.stores))
             self.release(key)
 
@@ -465,6 +488,11 @@ class _Walk:
                 return {}
             self.connections[store.key] = conn
         prefix = uri_to_relpath(repo) + "/"
+        if store.key not in self.held_index:
+            self.held_index[store.key] = _index_objects(conn)
+        index = self.held_index[store.key]
+        if index is not None:
+            return index.get(prefix[:-1], {})
         hi = prefix[:-1] + chr(ord("/") + 1)
         out: dict[str, bytes] = {}
         try:
@@ -604,16 +632,42 @@ def _rsync_one_file(uri: RsyncUri, opts: FetchOptions, deadline: float) -> bytes
 
 
 # ---- helpers -------------------------------------------------------------------------------------
+def _index_objects(conn: sqlite3.Connection) -> dict[str, dict[str, bytes]] | None:
+    """Every object of a store by directory, in one scan: cheaper than a range query per
+    publication point once a store has more than a few.  None above ``_HELD_INDEX_ROWS``
+    (memory: ~150 bytes a row)."""
+    try:
+        (rows,) = conn.execute("SELECT COUNT(*) FROM objects").fetchone()
+        if rows > _HELD_INDEX_ROWS:
+            return None
+        index: dict[str, dict[str, bytes]] = {}
+        for path, sha in conn.execute("SELECT path, sha256 FROM objects"):
+            parent, _, name = path.rpartition("/")
+            entries = index.get(parent)
+            if entries is None:
+                entries = index[parent] = {}
+            entries[name] = bytes(sha)
+    except sqlite3.Error:
+        return None
+    return index
+
+
 def _read_limited(path: Path, limit: int) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as exc:
         raise InputError(Reason.STORAGE_IO, f"cannot read: {exc.strerror}", path=str(path)) from exc
     try:
-        with os.fdopen(fd, "rb") as f:
-            data = f.read(limit + 1)
+        parts = []
+        want = limit + 1
+        while want > 0 and (part := os.read(fd, min(want, 1 << 20))):
+            parts.append(part)
+            want -= len(part)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
     except OSError as exc:
         raise InputError(Reason.STORAGE_IO, f"cannot read: {exc.strerror}", path=str(path)) from exc
+    finally:
+        os.close(fd)
     if len(data) > limit:
         raise LimitExceeded(Reason.OBJECT_TOO_LARGE, "larger than max_object_size", path=str(path))
     return data
