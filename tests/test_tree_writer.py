@@ -184,3 +184,24 @@ def test_write_timed_needs_a_rule(tmp_path: Path) -> None:
         writer.write_timed("a.roa", b"x")
     assert info.value.reason is Reason.STORAGE_UNEXPECTED
     writer.abort()
+
+
+def test_helper_ignores_ctrl_c(tmp_path: Path) -> None:
+    """SIGINT from a terminal reaches the helper too; the parent decides what happens, so the
+    helper neither dies nor prints a traceback of its own."""
+    tree = TreeWriter.new_tree(tmp_path, "", None)
+    writer = BackgroundTree(tree, spawn_after=1)
+    writer.write("a/b.roa", b"x" * 100, 1)
+    proc = writer._proc
+    assert proc is not None
+    writer._flush()
+    # The helper installs its handler before it reads anything: once the first file exists,
+    # the handler is in place.
+    for _ in range(500):
+        if (tree.root / "a/b.roa").exists():
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGINT)
+    writer.write("a/c.roa", b"y" * 100, 2)
+    writer.close()
+    assert (tree.root / "a/c.roa").read_bytes() == b"y" * 100

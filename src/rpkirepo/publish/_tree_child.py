@@ -26,6 +26,7 @@ import errno
 import json
 import os
 import shutil
+import signal
 import struct
 import sys
 from array import array
@@ -91,6 +92,9 @@ def _mtime_rule(now: int, limits_json: str) -> Callable[[bytes, str], tuple[int,
 
 def main(argv: list[str]) -> int:
     root, link_source, fresh = os.fsencode(argv[1]), os.fsencode(argv[2]), argv[3] == "1"
+    # Ctrl-C on a terminal reaches the whole process group: the parent decides (it stops us,
+    # or lets us finish), so no second traceback is printed from here.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(int(argv[4]))
     now, limits_json = (int(argv[5]), argv[6]) if len(argv) > 6 else (0, "")
     rule: Callable[[bytes, str], tuple[int, str | None]] | None = None
