@@ -498,3 +498,47 @@ def test_run_deadline_keeps_the_last_good_state(tmp_path: Path, upstream: Upstre
     assert (opts.rrdp_dir / "notification.xml").read_bytes() == before
     assert sync_once(opts).outcome == "deltas"
     assert tree(opts.rsync_dir) == upstream.objects()
+
+
+def test_snapshot_through_the_tree_helper(
+    tmp_path: Path,
+    upstream: UpstreamServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The snapshot path with the tree helper process (started here for any size): the same
+    tree and RFC 9589 times as the publisher's, and an object without a usable time gets the
+    sync time, logged with its path and reason."""
+    import logging
+
+    from rpkirepo.publish import rsync_tree
+
+    spawned: list[object] = []
+    popen = rsync_tree.subprocess.Popen
+
+    def counting_popen(*args: Any, **kw: Any) -> Any:
+        spawned.append(args[0])
+        return popen(*args, **kw)
+
+    monkeypatch.setattr(rsync_tree, "SPAWN_AFTER", 1)
+    repo = upstream.testbed / "repository"
+    some_dir = next(p.parent for p in sorted(repo.rglob("*.roa")))
+    junk = some_dir / "junk.roa"
+    junk.write_bytes(b"\x04\x82\x01\x00" + bytes(range(256)))  # no RPKI object: no time in it
+    upstream.publish()
+    rel = junk.relative_to(repo).as_posix()
+    monkeypatch.setattr(rsync_tree.subprocess, "Popen", counting_popen)
+
+    opts = mirror_options(tmp_path / "m", upstream.rrdp)
+    before = int(time.time())
+    with caplog.at_level(logging.INFO, logger="rpkirepo"):
+        result = sync_once(opts)
+    after = int(time.time()) + 1
+    assert result.outcome == "snapshot"
+    assert len(spawned) == 1
+    assert tree(opts.rsync_dir) == upstream.objects()
+    ours, theirs = tree_mtimes(opts.rsync_dir), upstream.mtimes()
+    assert before <= ours.pop(rel) <= after
+    theirs.pop(rel)
+    assert ours == theirs
+    assert any("no time in" in r.getMessage() and rel in r.getMessage() for r in caplog.records)

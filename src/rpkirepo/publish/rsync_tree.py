@@ -57,6 +57,8 @@ _HEADER: Final = struct.Struct("<cIIq")
 #: Frames are sent to the helper in writes of about this size; also its pipe's capacity.
 _FLUSH_BYTES: Final = 1 << 20
 _F_SETPIPE_SZ: Final = 1031
+#: Operations a BackgroundTree holds before it starts its helper (fewer: done in-process).
+SPAWN_AFTER = 512
 #: Chunks (of about ``_FLUSH_BYTES``) queued for the feeder thread before the producer waits.
 _QUEUED_CHUNKS: Final = 16
 
@@ -248,8 +250,8 @@ class BackgroundTree:
     :meth:`close`; :meth:`abort` stops the helper without finishing.
     """
 
-    def __init__(self, tree: TreeWriter, *, rule: MtimeRule | None = None, spawn_after: int = 512,
-                 spawn_bytes: int = 1 << 22) -> None:  # fmt: skip
+    def __init__(self, tree: TreeWriter, *, rule: MtimeRule | None = None,
+                 spawn_after: int | None = None, spawn_bytes: int = 1 << 22) -> None:  # fmt: skip
         self.tree = tree
         self.rule = rule
         #: After :meth:`close`: the mtime :meth:`write_timed` gave each object, in call order,
@@ -259,7 +261,7 @@ class BackgroundTree:
         self._timed = 0
         self._held: list[tuple[str, str, bytes, int]] = []
         self._held_bytes = 0
-        self._spawn_after = spawn_after
+        self._spawn_after = SPAWN_AFTER if spawn_after is None else spawn_after
         self._spawn_bytes = spawn_bytes
         self._proc: subprocess.Popen[bytes] | None = None
         self._frames: list[bytes] = []

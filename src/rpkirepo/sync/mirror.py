@@ -948,13 +948,17 @@ class _Run:
             "WHERE t.seq = incoming.seq) WHERE seq IS NOT NULL"
         )
         conn.execute("DROP TABLE temp.times")
-        for seq, reason in writer.fallbacks:
-            row = conn.execute("SELECT path FROM temp.incoming WHERE seq=?", (seq,)).fetchone()
-            log.info(
-                "no time in %s, mtime is the sync time",
-                row[0] if row else seq,
-                extra={"reason": reason},
-            )
+        if writer.fallbacks:  # one scan, however many objects had no usable time
+            reasons = dict(writer.fallbacks)
+            for path, seq in conn.execute(
+                "SELECT path, seq FROM temp.incoming WHERE seq IS NOT NULL"
+            ):
+                if seq in reasons:
+                    log.info(
+                        "no time in %s, mtime is the sync time",
+                        path,
+                        extra={"reason": reasons[seq]},
+                    )
 
     def check_shrink(self, held: int, removed: int, incoming: int) -> None:
         o = self.o
