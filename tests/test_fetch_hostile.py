@@ -47,7 +47,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import gzip
-import hashlib
 import itertools
 import os
 import shutil
@@ -102,11 +101,20 @@ from rpkirepo.testbed.keys import new_key
 from rpkirepo.testbed.manifest import encode_manifest
 from rpkirepo.testbed.resources import ResourceSet
 from rpkirepo.uri import HttpsUri, RsyncUri
+from rrdp_bad_inputs import (
+    LOL,
+    SPACES,
+    Build,
+    Encode,
+    Notifications,
+    bad_encodings,
+    bad_notifications,
+    hash_pieces,
+)
 
 NOTE = "/rrdp/notification.xml"
 #: Another valid version 4 UUID (a new session upstream).
 OTHER_SESSION = "0b6c2f7e-5a53-4c1e-9d4f-2f0d5c7a9e11"
-SESSION_V1 = "7ebf5708-b43f-1f10-bede-6242ebde2224"  # a UUID, but version 1
 #: What the rsync fallback reports when no rsync daemon listens on the module's port.
 RSYNC_DOWN = Reason.RSYNC_CLIENT_CONNECT
 RRDP_FAILED = Reason.FETCH_RRDP_FAILED
@@ -491,204 +499,37 @@ def test_control_not_modified_and_good_files_are_taken(case: Case) -> None:
 
 # =========================================================================== (c) bad notifications
 
-Build = Callable[[Bed, HostileServer], bytes]
-
-
-def n2(bed: Bed) -> str:
-    return bed.v[2].files[NOTE].decode()
-
-
-def snap_line(text: str) -> str:
-    return next(line for line in text.splitlines() if "<snapshot " in line)
-
-
-def delta_line(text: str) -> str:
-    return next(line for line in text.splitlines() if "<delta " in line)
-
-
-def edit(old: str, new: str) -> Build:
-    def build(bed: Bed, _srv: HostileServer) -> bytes:
-        text = n2(bed)
-        assert old in text, old
-        return text.replace(old, new, 1).encode()
-
-    return build
-
-
-def edit_base(old: str, new: str) -> Build:
-    """``edit`` where ``{B}`` stands for the RRDP base URI."""
-
-    def build(bed: Bed, srv: HostileServer) -> bytes:
-        base = bed.o.https_base
-        return edit(old.format(B=base), new.format(B=base, P=srv.port))(bed, srv)
-
-    return build
-
-
-def lines(change: Callable[[str, str, str], str]) -> Build:
-    """A notification rebuilt from its root start tag, snapshot line and delta line."""
-
-    def build(bed: Bed, _srv: HostileServer) -> bytes:
-        text = n2(bed)
-        root = text.splitlines()[0]
-        return change(root, snap_line(text), delta_line(text)).encode()
-
-    return build
-
-
-LOL = (
-    '<?xml version="1.0"?>\n<!DOCTYPE notification [\n <!ENTITY lol "lol">\n'
-    + "".join(
-        f' <!ENTITY lol{i} "{("&lol" + str(i - 1) + ";") * 10 if i > 1 else "&lol;" * 10}">\n'
-        for i in range(1, 10)
-    )
-    + "]>\n"
+NOTE2: Notifications[Bed] = Notifications(
+    text=lambda bed: bed.v[2].files[NOTE].decode(), base=lambda bed: bed.o.https_base
 )
 
-
-def with_session(value: str) -> Build:
-    def build(bed: Bed, _srv: HostileServer) -> bytes:
-        return n2(bed).replace(f'session_id="{bed.session}"', f'session_id="{value}"').encode()
-
-    return build
-
-
-BAD_NOTIFICATIONS: list[tuple[str, Build, Reason]] = [
-    (
-        "c1-doctype-entity-bomb",
-        lambda bed, _srv: (
-            LOL + n2(bed).replace("</notification>", "&lol9;</notification>")
-        ).encode(),
-        Reason.XML_DOCTYPE,
-    ),
-    (
-        "c2-external-entity-file",
-        lines(
-            lambda r, s, d: (
-                '<!DOCTYPE notification [<!ENTITY x SYSTEM "file:///etc/passwd">]>\n'
-                + f"{r}\n{s}\n&x;\n{d}\n</notification>\n"
-            )
-        ),
-        Reason.XML_DOCTYPE,
-    ),
-    (
-        "c2-external-entity-network",
-        lambda bed, srv: (
-            f'<!DOCTYPE notification [<!ENTITY x SYSTEM "{srv.url("/xxe")}">]>\n' + n2(bed)
-        ).encode(),
-        Reason.XML_DOCTYPE,
-    ),
-    (
-        "c2-undeclared-entity-reference",
-        edit("\n</notification>", "&x;\n</notification>"),
-        Reason.XML_ENTITY,
-    ),
-    ("c3-short-markup-declaration", lambda _bed, _srv: b"<!d[<>23456789", Reason.XML_MALFORMED),
-    (
-        "c6-processing-instruction",
-        edit("\n</notification>", "<?evil x?>\n</notification>"),
-        Reason.XML_PROCESSING_INSTRUCTION,
-    ),
-    (
-        "c6-not-ascii",
-        edit("</notification>", "<!-- \u00e9 -->\n</notification>"),
-        Reason.XML_NOT_ASCII,
-    ),
-    ("c8-wrong-namespace", edit('rrdp"', 'rrdp/2"'), Reason.RRDP_NAMESPACE),
-    ("c8-no-namespace", edit(' xmlns="http://www.ripe.net/rpki/rrdp"', ""), Reason.RRDP_NAMESPACE),
-    ("c8-version-2", edit('version="1"', 'version="2"'), Reason.RRDP_VERSION),
-    ("c8-session-not-uuid", with_session("not-a-uuid"), Reason.RRDP_SESSION_ID),
-    ("c8-session-not-v4", with_session(SESSION_V1), Reason.RRDP_SESSION_ID),
-    ("c8-serial-zero", edit('serial="2">', 'serial="0">'), Reason.RRDP_SERIAL),
-    ("c8-serial-negative", edit('serial="2">', 'serial="-2">'), Reason.RRDP_SERIAL),
-    ("c8-serial-2**63", edit('serial="2">', f'serial="{2**63}">'), Reason.RRDP_SERIAL),
-    ("c8-serial-not-decimal", edit('serial="2">', 'serial="0x2">'), Reason.RRDP_SERIAL),
-    ("c8-hash-not-hex", edit('hash="', 'hash="zz'), Reason.RRDP_HASH_SYNTAX),
-    (
-        "c9-unknown-element",
-        edit("</notification>", "<extra/>\n</notification>"),
-        Reason.RRDP_UNKNOWN_ELEMENT,
-    ),
-    (
-        "c9-unknown-attribute",
-        edit("<snapshot ", '<snapshot extra="1" '),
-        Reason.RRDP_UNKNOWN_ATTRIBUTE,
-    ),
-    (
-        "c9-duplicate-attribute",
-        edit_base("<snapshot ", '<snapshot uri="{B}x.xml" '),
-        Reason.XML_MALFORMED,
-    ),
-    (
-        "c9-nested-element",
-        lines(lambda r, s, d: f"{r}\n{s[:-2]}>\n{d}\n</snapshot>\n</notification>\n"),
-        Reason.RRDP_NESTING,
-    ),
-    ("c9-mismatched-end-tag", edit("</notification>", "</notifications>"), Reason.XML_MALFORMED),
-    (
-        "c9-text-outside-elements",
-        edit("</notification>", "surprise\n</notification>"),
-        Reason.RRDP_UNEXPECTED_TEXT,
-    ),
-    ("c9-truncated", lambda bed, _srv: n2(bed).encode()[:-20], Reason.RRDP_TRUNCATED),
-    (
-        "c10-no-snapshot",
-        lines(lambda r, s, d: f"{r}\n</notification>\n"),
-        Reason.RRDP_SNAPSHOT_COUNT,
-    ),
-    (
-        "c10-two-snapshots",
-        lines(lambda r, s, d: f"{r}\n{s}\n{s}\n{d}\n</notification>\n"),
-        Reason.RRDP_SNAPSHOT_COUNT,
-    ),
-    (
-        "c10-delta-before-snapshot",
-        lines(lambda r, s, d: f"{r}\n{d}\n{s}\n</notification>\n"),
-        Reason.RRDP_ELEMENT_ORDER,
-    ),
-    (
-        "c12-duplicate-delta-serial",
-        lines(lambda r, s, d: f"{r}\n{s}\n{d}\n{d}\n</notification>\n"),
-        Reason.RRDP_DUPLICATE_DELTA_SERIAL,
-    ),
-    (
-        "c12-delta-serial-above-notification",
-        edit('<delta serial="2"', '<delta serial="3"'),
-        Reason.RRDP_DELTA_SERIAL_ABOVE_NOTIFICATION,
-    ),
-    (
-        "c16-snapshot-other-host",
-        edit_base('<snapshot uri="{B}', '<snapshot uri="https://evil.example.net/rrdp/'),
+BAD_NOTIFICATIONS: list[tuple[str, Build[Bed], Reason]] = [
+    *bad_notifications(
+        NOTE2,
         Reason.RRDP_CROSS_ORIGIN,
-    ),
-    (
-        "c16-snapshot-other-port",
-        edit_base('<snapshot uri="{B}', '<snapshot uri="https://127.0.0.1:1/rrdp/'),
-        Reason.RRDP_CROSS_ORIGIN,
-    ),
-    (
-        "c16-delta-other-host",
-        edit_base('<delta serial="2" uri="{B}', '<delta serial="2" uri="https://localhost:{P}/'),
-        Reason.RRDP_CROSS_ORIGIN,
-    ),
-    (
-        "c16-snapshot-plain-http",
-        edit_base('<snapshot uri="{B}', '<snapshot uri="http://127.0.0.1:{P}/rrdp/'),
-        Reason.URI_SCHEME,
-    ),
-    (
-        "c28-snapshot-dot-segment",
-        edit_base('<snapshot uri="{B}', '<snapshot uri="{B}x/../'),
-        Reason.URI_DOT_SEGMENT,
+        [
+            (
+                "c16-snapshot-other-port",
+                NOTE2.edit_base('<snapshot uri="{B}', '<snapshot uri="https://127.0.0.1:1/rrdp/'),
+                Reason.RRDP_CROSS_ORIGIN,
+            ),
+            (
+                "c16-delta-other-host",
+                NOTE2.edit_base(
+                    '<delta serial="2" uri="{B}', '<delta serial="2" uri="https://localhost:{P}/'
+                ),
+                Reason.RRDP_CROSS_ORIGIN,
+            ),
+        ],
     ),
     (
         "c29-snapshot-uri-escaping-the-dump-path",
-        edit_base('<snapshot uri="{B}', '<snapshot uri="{B}../../../../../../../../tmp/'),
+        NOTE2.edit_base('<snapshot uri="{B}', '<snapshot uri="{B}../../../../../../../../tmp/'),
         Reason.URI_DOT_SEGMENT,
     ),
     (
         "c29-delta-uri-escaping-the-dump-path",
-        edit_base('<delta serial="2" uri="{B}', '<delta serial="2" uri="{B}a/../../../'),
+        NOTE2.edit_base('<delta serial="2" uri="{B}', '<delta serial="2" uri="{B}a/../../../'),
         Reason.URI_DOT_SEGMENT,
     ),
 ]
@@ -698,7 +539,7 @@ BAD_NOTIFICATIONS: list[tuple[str, Build, Reason]] = [
     ("build", "reason"), [pytest.param(b, r, id=i) for i, b, r in BAD_NOTIFICATIONS]
 )
 def test_bad_notification_keeps_the_last_good_copy(
-    case: Case, build: Build, reason: Reason
+    case: Case, build: Build[Bed], reason: Reason
 ) -> None:
     case.serve_notification(build(case.bed, case.o.https))
     report = case.fetch()
@@ -707,64 +548,6 @@ def test_bad_notification_keeps_the_last_good_copy(
 
 
 # --------------------------------------------------------------------------- (c)4-5 compression
-
-SPACES = b" " * (1024 * 1024)
-
-
-def _root_tag(bed: Bed) -> bytes:
-    return n2(bed).splitlines()[0].encode() + b"\n"
-
-
-def gzip_bomb_past_notification_cap(bed: Bed) -> Reply:
-    # Expands to 17 MiB of whitespace inside the root: past max_notification_size (16 MiB).
-    body = gzip_stream([_root_tag(bed), *([SPACES] * 17)])
-    assert len(body) < 64 * 1024
-    return Reply(body=body, headers=(("Content-Encoding", "gzip"),))
-
-
-def gzip_giant_serial(bed: Bed) -> Reply:
-    head = _root_tag(bed).split(b' serial="')[0] + b' serial="'
-    body = gzip_stream([head, *([b"7" * (1024 * 1024)] * 4), b'">\n</notification>\n'])
-    return Reply(body=body, headers=(("Content-Encoding", "gzip"),))
-
-
-def gzip_giant_snapshot_uri(bed: Bed) -> Reply:
-    hash_attr = f'" hash="{"0" * 64}"/>\n</notification>\n'.encode()
-    body = gzip_stream(
-        [
-            _root_tag(bed),
-            f'<snapshot uri="{bed.o.https_base}'.encode(),
-            *([b"a" * (1024 * 1024)] * 4),
-            hash_attr,
-        ]
-    )
-    return Reply(body=body, headers=(("Content-Encoding", "gzip"),))
-
-
-def gz(bed: Bed) -> bytes:
-    return gzip.compress(bed.v[2].files[NOTE], mtime=0)
-
-
-def corrupt_crc(bed: Bed) -> Reply:
-    data = bytearray(gz(bed))
-    data[-8] ^= 0xFF  # the CRC-32 in the trailer
-    return Reply(body=bytes(data), headers=(("Content-Encoding", "gzip"),))
-
-
-def corrupt_deflate(bed: Bed) -> Reply:
-    data = bytearray(gz(bed))
-    data[10:20] = b"\xff" * 10  # the first bytes of the deflate stream
-    return Reply(body=bytes(data), headers=(("Content-Encoding", "gzip"),))
-
-
-def truncated_gzip(bed: Bed) -> Reply:
-    return Reply(body=gz(bed)[:-12], headers=(("Content-Encoding", "gzip"),))
-
-
-def trailing_garbage(bed: Bed) -> Reply:
-    return Reply(
-        body=gz(bed) + b"GARBAGE AFTER THE GZIP MEMBER", headers=(("Content-Encoding", "gzip"),)
-    )
 
 
 def deflate_trailing(bed: Bed) -> Reply:
@@ -775,28 +558,16 @@ def deflate_trailing(bed: Bed) -> Reply:
     return Reply(body=body, headers=(("Content-Encoding", "deflate"),))
 
 
-def unknown_coding(bed: Bed) -> Reply:
-    return Reply(body=gz(bed), headers=(("Content-Encoding", "br"),))
-
-
-BAD_ENCODINGS: list[tuple[str, Callable[[Bed], Reply], Reason]] = [
-    ("c4-gzip-bomb-past-notification-cap", gzip_bomb_past_notification_cap, Reason.FILE_TOO_LARGE),
-    ("c4-gzip-giant-serial", gzip_giant_serial, Reason.LIMIT),
-    ("c4-gzip-giant-snapshot-uri", gzip_giant_snapshot_uri, Reason.LIMIT),
-    ("c5-gzip-bad-crc", corrupt_crc, Reason.HTTP_CONTENT_ENCODING),
-    ("c5-gzip-corrupt-deflate", corrupt_deflate, Reason.HTTP_CONTENT_ENCODING),
-    ("c5-gzip-truncated", truncated_gzip, Reason.HTTP_CONTENT_ENCODING),
-    ("c5-gzip-trailing-bytes", trailing_garbage, Reason.HTTP_CONTENT_ENCODING),
-    ("c5-deflate-coding-refused", deflate_trailing, Reason.HTTP_CONTENT_ENCODING),
-    ("c5-unknown-content-coding", unknown_coding, Reason.HTTP_CONTENT_ENCODING),
-]
+BAD_ENCODINGS: list[tuple[str, Encode[Bed], Reason]] = bad_encodings(
+    NOTE2, [("c5-deflate-coding-refused", deflate_trailing, Reason.HTTP_CONTENT_ENCODING)]
+)
 
 
 @pytest.mark.parametrize(
     ("build", "reason"), [pytest.param(b, r, id=i) for i, b, r in BAD_ENCODINGS]
 )
 def test_bad_compressed_notification_keeps_the_last_good_copy(
-    case: Case, build: Callable[[Bed], Reply], reason: Reason
+    case: Case, build: Encode[Bed], reason: Reason
 ) -> None:
     case.serve_version(2)
     case.route(NOTE, build(case.bed))
@@ -805,13 +576,6 @@ def test_bad_compressed_notification_keeps_the_last_good_copy(
     assert time.monotonic() - started < 10  # bounded time, whatever the expansion
     case.kept(report, reason)
     assert case.rrdp_paths() == [NOTE]
-
-
-def _hash_pieces(pieces: list[bytes]) -> bytes:
-    h = hashlib.sha256()
-    for p in pieces:
-        h.update(p)
-    return h.digest()
 
 
 @pytest.mark.parametrize(
@@ -839,7 +603,7 @@ def test_gzip_bomb_snapshot_keeps_the_last_good_copy(
         NotificationFile(
             SessionId(bed.session),
             2,
-            SnapshotRef(bed.https("bomb/snapshot.xml"), Sha256(_hash_pieces(pieces))),
+            SnapshotRef(bed.https("bomb/snapshot.xml"), Sha256(hash_pieces(pieces))),
         )
     )
     case.serve_notification(text)
@@ -1966,9 +1730,9 @@ def test_ta_key_mismatch_on_a_cold_cache_fetches_nothing(case: Case) -> None:
     [
         pytest.param(
             lambda c: c.serve_notification(
-                edit_base('<snapshot uri="{B}', '<snapshot uri="https://evil.example.net/rrdp/')(
-                    c.bed, c.o.https
-                )
+                NOTE2.edit_base(
+                    '<snapshot uri="{B}', '<snapshot uri="https://evil.example.net/rrdp/'
+                )(c.bed, c.o.https)
             ),
             Reason.RRDP_CROSS_ORIGIN,
             id="c16-snapshot-other-host-rsync-used",

@@ -83,6 +83,16 @@ from rpkirepo.sync.mirror import SyncOptions, SyncResult, read_status, sync_once
 from rpkirepo.sync.upstream import DirUpstream, HttpUpstream, Upstream
 from rpkirepo.testbed import TestbedOptions, advance, generate
 from rpkirepo.uri import HttpsUri, RsyncUri
+from rrdp_bad_inputs import (
+    LOL,
+    SPACES,
+    Build,
+    Encode,
+    Notifications,
+    bad_encodings,
+    bad_notifications,
+    hash_pieces,
+)
 
 PUBLIC = "https://rrdp.example.net/rrdp/"
 NOTIFY = PUBLIC + "notification.xml"
@@ -474,189 +484,31 @@ def test_good_deltas_are_applied_and_a_good_snapshot_is_taken(mirror: Mirror) ->
 
 # =========================================================================== (c) bad notifications
 
-
-def n2(up: Published) -> str:
-    return up.v[2].files["notification.xml"].decode()
-
-
-def snap_line(text: str) -> str:
-    return next(line for line in text.splitlines() if "<snapshot " in line)
-
-
-def delta_line(text: str) -> str:
-    return next(line for line in text.splitlines() if "<delta " in line)
-
-
-def edit(old: str, new: str) -> Callable[[Published, HostileServer], bytes]:
-    def build(up: Published, _srv: HostileServer) -> bytes:
-        text = n2(up)
-        assert old in text, old
-        return text.replace(old, new, 1).encode()
-
-    return build
-
-
-def lines(change: Callable[[str, str, str], str]) -> Callable[[Published, HostileServer], bytes]:
-    """A notification rebuilt from its root start tag, snapshot line and delta line."""
-
-    def build(up: Published, _srv: HostileServer) -> bytes:
-        text = n2(up)
-        root = text.splitlines()[0]
-        return change(root, snap_line(text), delta_line(text)).encode()
-
-    return build
-
-
-LOL = (
-    '<?xml version="1.0"?>\n<!DOCTYPE notification [\n <!ENTITY lol "lol">\n'
-    + "".join(
-        f' <!ENTITY lol{i} "{("&lol" + str(i - 1) + ";") * 10 if i > 1 else "&lol;" * 10}">\n'
-        for i in range(1, 10)
-    )
-    + "]>\n"
+NOTE2: Notifications[Published] = Notifications(
+    text=lambda up: up.v[2].files["notification.xml"].decode(), base=lambda _up: PUBLIC
 )
-SESSION_V1 = "7ebf5708-b43f-1f10-bede-6242ebde2224"  # a UUID, but version 1
 
-
-def with_session(value: str) -> Callable[[Published, HostileServer], bytes]:
-    def build(up: Published, _srv: HostileServer) -> bytes:
-        return n2(up).replace(f'session_id="{up.session}"', f'session_id="{value}"').encode()
-
-    return build
-
-
-BAD_NOTIFICATIONS: list[tuple[str, Callable[[Published, HostileServer], bytes], Reason]] = [
-    (
-        "c1-doctype-entity-bomb",
-        lambda up, _srv: (
-            LOL + n2(up).replace("</notification>", "&lol9;</notification>")
-        ).encode(),
-        Reason.XML_DOCTYPE,
-    ),
-    (
-        "c2-external-entity-file",
-        lines(
-            lambda r, s, d: (
-                '<!DOCTYPE notification [<!ENTITY x SYSTEM "file:///etc/passwd">]>\n'
-                + f"{r}\n{s}\n&x;\n{d}\n</notification>\n"
-            )
+BAD_NOTIFICATIONS: list[tuple[str, Build[Published], Reason]] = bad_notifications(
+    NOTE2,
+    Reason.SYNC_URI_OUTSIDE_BASE,
+    [
+        (
+            "c16-snapshot-other-port",
+            NOTE2.edit(
+                f'<snapshot uri="{PUBLIC}', '<snapshot uri="https://rrdp.example.net:8443/rrdp/'
+            ),
+            Reason.SYNC_URI_OUTSIDE_BASE,
         ),
-        Reason.XML_DOCTYPE,
-    ),
-    (
-        "c2-external-entity-network",
-        lambda up, srv: (
-            f'<!DOCTYPE notification [<!ENTITY x SYSTEM "{srv.url("/xxe")}">]>\n' + n2(up)
-        ).encode(),
-        Reason.XML_DOCTYPE,
-    ),
-    (
-        "c2-undeclared-entity-reference",
-        edit("\n</notification>", "&x;\n</notification>"),
-        Reason.XML_ENTITY,
-    ),
-    ("c3-short-markup-declaration", lambda _up, _srv: b"<!d[<>23456789", Reason.XML_MALFORMED),
-    (
-        "c6-processing-instruction",
-        edit("\n</notification>", "<?evil x?>\n</notification>"),
-        Reason.XML_PROCESSING_INSTRUCTION,
-    ),
-    (
-        "c6-not-ascii",
-        edit("</notification>", "<!-- \u00e9 -->\n</notification>"),
-        Reason.XML_NOT_ASCII,
-    ),
-    ("c8-wrong-namespace", edit('rrdp"', 'rrdp/2"'), Reason.RRDP_NAMESPACE),
-    ("c8-no-namespace", edit(' xmlns="http://www.ripe.net/rpki/rrdp"', ""), Reason.RRDP_NAMESPACE),
-    ("c8-version-2", edit('version="1"', 'version="2"'), Reason.RRDP_VERSION),
-    ("c8-session-not-uuid", with_session("not-a-uuid"), Reason.RRDP_SESSION_ID),
-    ("c8-session-not-v4", with_session(SESSION_V1), Reason.RRDP_SESSION_ID),
-    ("c8-serial-zero", edit('serial="2">', 'serial="0">'), Reason.RRDP_SERIAL),
-    ("c8-serial-negative", edit('serial="2">', 'serial="-2">'), Reason.RRDP_SERIAL),
-    ("c8-serial-2**63", edit('serial="2">', f'serial="{2**63}">'), Reason.RRDP_SERIAL),
-    ("c8-serial-not-decimal", edit('serial="2">', 'serial="0x2">'), Reason.RRDP_SERIAL),
-    ("c8-hash-not-hex", edit('hash="', 'hash="zz'), Reason.RRDP_HASH_SYNTAX),
-    (
-        "c9-unknown-element",
-        edit("</notification>", "<extra/>\n</notification>"),
-        Reason.RRDP_UNKNOWN_ELEMENT,
-    ),
-    (
-        "c9-unknown-attribute",
-        edit("<snapshot ", '<snapshot extra="1" '),
-        Reason.RRDP_UNKNOWN_ATTRIBUTE,
-    ),
-    (
-        "c9-duplicate-attribute",
-        edit("<snapshot ", f'<snapshot uri="{PUBLIC}x.xml" '),
-        Reason.XML_MALFORMED,
-    ),
-    (
-        "c9-nested-element",
-        lines(lambda r, s, d: f"{r}\n{s[:-2]}>\n{d}\n</snapshot>\n</notification>\n"),
-        Reason.RRDP_NESTING,
-    ),
-    ("c9-mismatched-end-tag", edit("</notification>", "</notifications>"), Reason.XML_MALFORMED),
-    (
-        "c9-text-outside-elements",
-        edit("</notification>", "surprise\n</notification>"),
-        Reason.RRDP_UNEXPECTED_TEXT,
-    ),
-    ("c9-truncated", lambda up, _srv: n2(up).encode()[:-20], Reason.RRDP_TRUNCATED),
-    (
-        "c10-no-snapshot",
-        lines(lambda r, s, d: f"{r}\n</notification>\n"),
-        Reason.RRDP_SNAPSHOT_COUNT,
-    ),
-    (
-        "c10-two-snapshots",
-        lines(lambda r, s, d: f"{r}\n{s}\n{s}\n{d}\n</notification>\n"),
-        Reason.RRDP_SNAPSHOT_COUNT,
-    ),
-    (
-        "c10-delta-before-snapshot",
-        lines(lambda r, s, d: f"{r}\n{d}\n{s}\n</notification>\n"),
-        Reason.RRDP_ELEMENT_ORDER,
-    ),
-    (
-        "c12-duplicate-delta-serial",
-        lines(lambda r, s, d: f"{r}\n{s}\n{d}\n{d}\n</notification>\n"),
-        Reason.RRDP_DUPLICATE_DELTA_SERIAL,
-    ),
-    (
-        "c12-delta-serial-above-notification",
-        edit('<delta serial="2"', '<delta serial="3"'),
-        Reason.RRDP_DELTA_SERIAL_ABOVE_NOTIFICATION,
-    ),
-    (
-        "c16-snapshot-other-host",
-        edit(f'<snapshot uri="{PUBLIC}', '<snapshot uri="https://evil.example.net/rrdp/'),
-        Reason.SYNC_URI_OUTSIDE_BASE,
-    ),
-    (
-        "c16-snapshot-other-port",
-        edit(f'<snapshot uri="{PUBLIC}', '<snapshot uri="https://rrdp.example.net:8443/rrdp/'),
-        Reason.SYNC_URI_OUTSIDE_BASE,
-    ),
-    (
-        "c16-delta-outside-base-path",
-        edit(
-            f'<delta serial="2" uri="{PUBLIC}',
-            '<delta serial="2" uri="https://rrdp.example.net/private/',
+        (
+            "c16-delta-outside-base-path",
+            NOTE2.edit(
+                f'<delta serial="2" uri="{PUBLIC}',
+                '<delta serial="2" uri="https://rrdp.example.net/private/',
+            ),
+            Reason.SYNC_URI_OUTSIDE_BASE,
         ),
-        Reason.SYNC_URI_OUTSIDE_BASE,
-    ),
-    (
-        "c16-snapshot-plain-http",
-        edit(f'<snapshot uri="{PUBLIC}', '<snapshot uri="http://rrdp.example.net/rrdp/'),
-        Reason.URI_SCHEME,
-    ),
-    (
-        "c28-snapshot-dot-segment",
-        edit(f'<snapshot uri="{PUBLIC}', f'<snapshot uri="{PUBLIC}x/../'),
-        Reason.URI_DOT_SEGMENT,
-    ),
-]
+    ],
+)
 
 
 @pytest.mark.parametrize(
@@ -664,7 +516,7 @@ BAD_NOTIFICATIONS: list[tuple[str, Callable[[Published, HostileServer], bytes], 
     [pytest.param(b, r, id=i) for i, b, r in BAD_NOTIFICATIONS],
 )
 def test_bad_notification_is_refused_and_nothing_else_fetched(
-    mirror: Mirror, build: Callable[[Published, HostileServer], bytes], reason: Reason
+    mirror: Mirror, build: Build[Published], reason: Reason
 ) -> None:
     mirror.serve_notification(build(mirror.up, mirror.server))
     mirror.refused(LimitExceeded if reason is Reason.LIMIT else RemoteProtocolError, reason)
@@ -674,89 +526,10 @@ def test_bad_notification_is_refused_and_nothing_else_fetched(
 
 # --------------------------------------------------------------------------- (c)4-5 compression
 
-SPACES = b" " * (1024 * 1024)
-
-
-def _root_tag(up: Published) -> bytes:
-    return n2(up).splitlines()[0].encode() + b"\n"
-
-
-def gzip_bomb_past_notification_cap(up: Published) -> Reply:
-    # Expands to 17 MiB of whitespace inside the root: past max_notification_size (16 MiB).
-    body = gzip_stream([_root_tag(up), *([SPACES] * 17)])
-    assert len(body) < 64 * 1024
-    return Reply(body=body, headers=(("Content-Encoding", "gzip"),))
-
-
-def gzip_giant_serial(up: Published) -> Reply:
-    head = _root_tag(up).split(b' serial="')[0] + b' serial="'
-    body = gzip_stream([head, *([b"7" * (1024 * 1024)] * 4), b'">\n</notification>\n'])
-    return Reply(body=body, headers=(("Content-Encoding", "gzip"),))
-
-
-def gzip_giant_snapshot_uri(up: Published) -> Reply:
-    # A complete element whose URI is 4 MiB long (the attribute-length limit must refuse it).
-    hash_attr = f'" hash="{"0" * 64}"/>\n</notification>\n'.encode()
-    body = gzip_stream(
-        [
-            _root_tag(up),
-            f'<snapshot uri="{PUBLIC}'.encode(),
-            *([b"a" * (1024 * 1024)] * 4),
-            hash_attr,
-        ]
-    )
-    return Reply(body=body, headers=(("Content-Encoding", "gzip"),))
-
-
-def gz(up: Published) -> bytes:
-    return gzip.compress(up.v[2].files["notification.xml"], mtime=0)
-
-
-def corrupt_crc(up: Published) -> Reply:
-    data = bytearray(gz(up))
-    data[-8] ^= 0xFF  # the CRC-32 in the trailer
-    return Reply(body=bytes(data), headers=(("Content-Encoding", "gzip"),))
-
-
-def corrupt_deflate(up: Published) -> Reply:
-    data = bytearray(gz(up))
-    data[10:20] = b"\xff" * 10  # the first bytes of the deflate stream
-    return Reply(body=bytes(data), headers=(("Content-Encoding", "gzip"),))
-
-
-def truncated_gzip(up: Published) -> Reply:
-    return Reply(body=gz(up)[:-12], headers=(("Content-Encoding", "gzip"),))
-
-
-def trailing_garbage(up: Published) -> Reply:
-    return Reply(
-        body=gz(up) + b"GARBAGE AFTER THE GZIP MEMBER", headers=(("Content-Encoding", "gzip"),)
-    )
-
-
-def unknown_coding(up: Published) -> Reply:
-    return Reply(body=gz(up), headers=(("Content-Encoding", "br"),))
-
-
-BAD_ENCODINGS: list[tuple[str, Callable[[Published], Reply], type[RpkiRepoError], Reason]] = [
-    (
-        "c4-gzip-bomb-past-notification-cap",
-        gzip_bomb_past_notification_cap,
-        LimitExceeded,
-        Reason.FILE_TOO_LARGE,
-    ),
-    ("c4-gzip-giant-serial", gzip_giant_serial, LimitExceeded, Reason.LIMIT),
-    ("c4-gzip-giant-snapshot-uri", gzip_giant_snapshot_uri, LimitExceeded, Reason.LIMIT),
-    ("c5-gzip-bad-crc", corrupt_crc, RemoteProtocolError, Reason.HTTP_CONTENT_ENCODING),
-    ("c5-gzip-corrupt-deflate", corrupt_deflate, RemoteProtocolError, Reason.HTTP_CONTENT_ENCODING),
-    ("c5-gzip-truncated", truncated_gzip, RemoteProtocolError, Reason.HTTP_CONTENT_ENCODING),
-    ("c5-gzip-trailing-bytes", trailing_garbage, RemoteProtocolError, Reason.HTTP_CONTENT_ENCODING),
-    (
-        "c5-unknown-content-coding",
-        unknown_coding,
-        RemoteProtocolError,
-        Reason.HTTP_CONTENT_ENCODING,
-    ),
+# A bomb stops at a limit; a broken or unknown coding at the HTTP layer.
+BAD_ENCODINGS: list[tuple[str, Encode[Published], type[RpkiRepoError], Reason]] = [
+    (i, b, LimitExceeded if i.startswith("c4-") else RemoteProtocolError, r)
+    for i, b, r in bad_encodings(NOTE2)
 ]
 
 
@@ -766,7 +539,7 @@ BAD_ENCODINGS: list[tuple[str, Callable[[Published], Reply], type[RpkiRepoError]
 )
 def test_bad_compressed_notification_is_refused(
     mirror: Mirror,
-    build: Callable[[Published], Reply],
+    build: Encode[Published],
     error: type[RpkiRepoError],
     reason: Reason,
 ) -> None:
@@ -791,13 +564,6 @@ def test_gzip_encoded_files_are_accepted(mirror: Mirror) -> None:
     assert all("gzip" in r.headers.get("accept-encoding", "") for r in mirror.server.requests)
 
 
-def _hash_pieces(pieces: list[bytes]) -> bytes:
-    h = hashlib.sha256()
-    for p in pieces:
-        h.update(p)
-    return h.digest()
-
-
 @pytest.mark.parametrize(
     ("kind", "limits", "reason"),
     [
@@ -819,7 +585,7 @@ def test_gzip_bomb_snapshot_is_refused(
         pieces = [start, b'<publish uri="' + RSYNC.encode(), *([b"x" * (1024 * 1024)] * 8)]
     else:
         pieces = [start, *([SPACES] * 24), end_tag(FileKind.SNAPSHOT)]
-    digest = Sha256(_hash_pieces(pieces))
+    digest = Sha256(hash_pieces(pieces))
     text = notification_bytes(
         NotificationFile(
             SessionId(up.session), 2, SnapshotRef(HttpsUri(PUBLIC + "bomb/snapshot.xml"), digest)
