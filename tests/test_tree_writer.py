@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -93,12 +94,17 @@ def test_link_without_source_is_refused(tmp_path: Path) -> None:
     writer.abort()
 
 
-def test_abort_stops_the_helper(tmp_path: Path) -> None:
+def _running(tmp_path: Path) -> tuple[TreeWriter, BackgroundTree, subprocess.Popen[bytes]]:
+    """A fresh tree whose writer has started its helper with one file queued."""
     tree = TreeWriter.new_tree(tmp_path, "", None)
     writer = BackgroundTree(tree, spawn_after=1)
     writer.write("a/b.roa", b"x" * 100, 1)
-    proc = writer._proc
-    assert proc is not None
+    assert writer._proc is not None
+    return tree, writer, writer._proc
+
+
+def test_abort_stops_the_helper(tmp_path: Path) -> None:
+    _, writer, proc = _running(tmp_path)
     writer.abort()
     assert proc.returncode is not None
     with pytest.raises(StorageError):
@@ -113,11 +119,8 @@ def test_helper_dies_with_its_parent(tmp_path: Path) -> None:
     if pid == 0:  # the "run": starts a helper, reports its pid, then waits to be killed
         try:
             os.close(r)
-            tree = TreeWriter.new_tree(tmp_path, "", None)
-            writer = BackgroundTree(tree, spawn_after=1)
-            writer.write("a/b.roa", b"x" * 100, 1)
-            assert writer._proc is not None
-            os.write(w, str(writer._proc.pid).encode())
+            _, _, proc = _running(tmp_path)
+            os.write(w, str(proc.pid).encode())
             os.close(w)
             signal.pause()
         finally:
@@ -189,11 +192,7 @@ def test_write_timed_needs_a_rule(tmp_path: Path) -> None:
 def test_helper_ignores_ctrl_c(tmp_path: Path) -> None:
     """SIGINT from a terminal reaches the helper too; the parent decides what happens, so the
     helper neither dies nor prints a traceback of its own."""
-    tree = TreeWriter.new_tree(tmp_path, "", None)
-    writer = BackgroundTree(tree, spawn_after=1)
-    writer.write("a/b.roa", b"x" * 100, 1)
-    proc = writer._proc
-    assert proc is not None
+    tree, writer, proc = _running(tmp_path)
     writer._flush()
     # The helper installs its handler before it reads anything: once the first file exists,
     # the handler is in place.
