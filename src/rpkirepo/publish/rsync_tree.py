@@ -305,9 +305,7 @@ class BackgroundTree:
 
     def _encode(self, op: str, relpath: str, data: bytes, mtime: int) -> None:
         tree = self.tree
-        full, new_dir = tree.plan_parent(relpath)
-        if new_dir is not None:
-            self._frame(b"d", new_dir, b"", 0)
+        full, _ = tree.plan_parent(relpath)  # (the helper's own TreeWriter makes the directory)
         self._frame(op.encode(), full, data, mtime)
         if op != "l":
             tree.files_written += 1
@@ -378,18 +376,22 @@ class BackgroundTree:
             self._feeder = None
 
     def _fail(self, answer: bytes | None = None) -> NoReturn:
-        """Raise what the helper said (``err ...``) or that it stopped; it is reaped first."""
+        """Raise the error the helper answered (``err ...``) or that it stopped; it is reaped
+        first."""
         proc = self._proc
         assert proc is not None and proc.stdout is not None
         if answer is None:
-            answer = proc.stdout.read(4096)
+            answer = proc.stdout.read(1 << 16)
         self._reap(kill=True)
         fields = answer.split()
-        if len(fields) == 4 and fields[0] == b"err":
-            code, path = int(fields[1]), os.fsdecode(bytes.fromhex(fields[3].decode()))
-            raise StorageError(
-                Reason.STORAGE_IO, os.strerror(code), path=os.path.join(self.tree.root, path)
-            )
+        if len(fields) == 2 and fields[0] == b"err":
+            try:
+                said = json.loads(bytes.fromhex(fields[1].decode()))
+                error = StorageError(Reason(said["reason"]), str(said["detail"]), **said["context"])
+            except (ValueError, KeyError, TypeError):
+                pass
+            else:
+                raise error
         raise StorageError(Reason.STORAGE_IO, "the tree writer stopped", status=proc.returncode)
 
     def _reap(self, *, kill: bool) -> None:
