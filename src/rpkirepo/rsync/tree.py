@@ -64,23 +64,17 @@ class RevisionFiles:
     def read(self, path: bytes, offset: int, size: int, total: int) -> bytes:
         try:
             fd = os.open(path, _OPEN_FLAGS, dir_fd=self._dir)
+            try:
+                # At the end of the file, one byte more shows a file that grew.
+                data = os.pread(fd, size + 1 if offset + size >= total else size, offset)
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise StorageError(
                 Reason.RSYNC_REVISION,
                 f"cannot read a file of the revision: {exc.strerror}",
                 path=os.fsdecode(path),
             ) from None
-        try:
-            # At the end of the file, one byte more shows a file that grew.
-            data = os.pread(fd, size + 1 if offset + size >= total else size, offset)
-        except OSError as exc:
-            raise StorageError(
-                Reason.RSYNC_REVISION,
-                f"cannot read a file of the revision: {exc.strerror}",
-                path=os.fsdecode(path),
-            ) from None
-        finally:
-            os.close(fd)
         if len(data) != size:
             raise StorageError(
                 Reason.RSYNC_REVISION,
