@@ -5,11 +5,10 @@ package importable.  It performs, in order, the operations framed on its stdin w
 :class:`~rpkirepo.publish.rsync_tree.TreeWriter` of its own on ``ROOT`` (the same code that
 writes a tree in-process, paths relative to ``ROOT``):
 
-    header  struct "<cIIq": op, path length, data length, mtime
-    op b"w" ``TreeWriter.write(PATH, DATA, mtime)``
-    op b"t" the same, with the mtime by RFC 9589's rule (:class:`MtimeRule`, NOW for an object
-            without a usable time); the mtimes are sent back at the end, in order
-    op b"l" ``TreeWriter.link(PATH)`` from LINK_SOURCE
+    header  ``rsync_tree._HEADER`` (struct "<cIIq"): op, path length, data length, mtime
+    op b"w", b"t", b"l"  ``rsync_tree.perform``: write; write with the mtime by RFC 9589's rule
+            (:class:`MtimeRule`, NOW for an object without a usable time), the mtimes sent back
+            at the end, in order; hard-link from LINK_SOURCE
     op b"e" end: answer ``ok T F``, then T mtimes (int64, little-endian) and F lines
             ``INDEX REASON`` naming the objects that got NOW; exit 0
 
@@ -24,12 +23,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import struct
 import sys
 from array import array
 from pathlib import Path
 
-HEADER = struct.Struct("<cIIq")
 _READ = 1 << 20
 
 
@@ -58,16 +55,16 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(int(argv[4]))
 
-    from rpkirepo.errors import Reason, RpkiRepoError, StorageError
+    from rpkirepo.errors import Reason, RpkiRepoError
     from rpkirepo.limits import Limits
-    from rpkirepo.publish.rsync_tree import MtimeRule, TreeWriter
+    from rpkirepo.publish.rsync_tree import _HEADER, MtimeRule, TreeWriter, perform
 
     tree = TreeWriter(Path(argv[1]), "", Path(argv[2]) if argv[2] else None, fresh=argv[3] == "1")
     rule = MtimeRule(int(argv[5]), Limits(**json.loads(argv[6]))) if len(argv) > 6 else None
     times = array("q")
-    fallbacks: list[bytes] = []
+    fallbacks: list[tuple[int, str]] = []
     buf = b""
-    size = HEADER.size
+    size = _HEADER.size
     while True:
         chunk = os.read(0, _READ)
         if not chunk:
@@ -75,7 +72,7 @@ def main(argv: list[str]) -> int:
         buf = buf + chunk if buf else chunk
         pos, end = 0, len(buf)
         while end - pos >= size:
-            op, plen, dlen, mtime = HEADER.unpack_from(buf, pos)
+            op, plen, dlen, mtime = _HEADER.unpack_from(buf, pos)
             stop = pos + size + plen + dlen
             if stop > end:
                 break
@@ -84,24 +81,12 @@ def main(argv: list[str]) -> int:
                 if sys.byteorder != "little":
                     times.byteswap()
                 os.write(1, b"ok %d %d\n" % (len(times), len(fallbacks)))
-                _write_all(1, times.tobytes() + b"".join(fallbacks))
+                lines = b"".join(b"%d %s\n" % (i, r.encode()) for i, r in fallbacks)
+                _write_all(1, times.tobytes() + lines)
                 return 0
             data = buf[pos + size + plen : stop]
             try:
-                if op == b"t":
-                    if rule is None:
-                        raise StorageError(Reason.STORAGE_UNEXPECTED, "no mtime rule given")
-                    mtime, reason = rule(data, path)
-                    if reason is not None:
-                        fallbacks.append(b"%d %s\n" % (len(times), reason.encode()))
-                    times.append(mtime)
-                    tree.write(path, data, mtime)
-                elif op == b"w":
-                    tree.write(path, data, mtime)
-                elif op == b"l":
-                    tree.link(path)
-                else:
-                    raise StorageError(Reason.STORAGE_UNEXPECTED, "unknown operation", path=path)
+                perform(tree, rule, op.decode("latin-1"), path, data, mtime, times, fallbacks)
             except RpkiRepoError as exc:
                 said = {"reason": exc.reason.value, "detail": exc.detail, "context": exc.context}
             except OSError as exc:  # (making a parent directory)

@@ -230,19 +230,40 @@ def reuse_tree(revisions: Path, name: str, prefix: str, link_source: Path) -> Tr
     return TreeWriter(tmp, prefix, link_source)
 
 
+def perform(tree: TreeWriter, rule: MtimeRule | None, op: str, relpath: str, data: bytes,
+            mtime: int, times: array[int], fallbacks: list[tuple[int, str]]) -> None:  # fmt: skip
+    """One :class:`BackgroundTree` operation (``w`` write, ``t`` write with ``rule``'s mtime,
+    appended to ``times``, ``l`` link), wherever it runs: in its helper or, for a few, at
+    :meth:`BackgroundTree.close`."""
+    if op == "t":
+        if rule is None:
+            raise StorageError(Reason.STORAGE_UNEXPECTED, "no mtime rule given", path=relpath)
+        mtime, reason = rule(data, relpath)
+        if reason is not None:
+            fallbacks.append((len(times), reason))
+        times.append(mtime)
+        tree.write(relpath, data, mtime)
+    elif op == "w":
+        tree.write(relpath, data, mtime)
+    elif op == "l":
+        tree.link(relpath)
+    else:
+        raise StorageError(Reason.STORAGE_UNEXPECTED, "unknown operation", path=relpath)
+
+
 class BackgroundTree:
     """Runs a :class:`TreeWriter`'s writes and links in a helper process.
 
     Creating a file costs this kind of machine ~100-200 µs of kernel time, and parsing, hashing
     and the mtime rule are Python work of about the same size.  A writer *thread* beside the
     parser was tried first: every syscall of it hands the GIL back and waits for it again, so
-    the two mostly took turns on one core.  A helper process (``_tree_child.py``, standard
-    library only) makes the syscalls on the other core; this side keeps every piece of
-    bookkeeping (the tree's directories, touched directories and counts) and streams it
-    framed operations through a pipe.  A feeder thread does the pipe writes (one syscall per
-    MiB) from a bounded queue, so a burst of operations (a batch of 2,000 objects is ~5 MB)
-    does not make the parser wait for the helper to catch up; at most ``_QUEUED_CHUNKS`` MiB
-    are in flight.
+    the two mostly took turns on one core.  A helper process (``_tree_child.py``) performs the
+    operations with a TreeWriter of its own on the other core (:func:`perform`, as this side
+    does for the few it keeps); this side keeps the bookkeeping (the tree's directories,
+    touched directories and counts) and streams it framed operations through a pipe.  A feeder
+    thread does the pipe writes (one syscall per MiB) from a bounded queue, so a burst of
+    operations (a batch of 2,000 objects is ~5 MB) does not make the parser wait for the helper
+    to catch up; at most ``_QUEUED_CHUNKS`` MiB are in flight.
 
     A few operations are not worth a process: until ``spawn_after`` operations (or
     ``spawn_bytes``) are queued nothing is started, and :meth:`close` performs what it holds
@@ -417,16 +438,7 @@ class BackgroundTree:
         if self._proc is None:
             held, self._held = self._held, []
             for op, relpath, data, mtime in held:
-                if op == "t":
-                    assert self.rule is not None
-                    mtime, reason = self.rule(data, relpath)
-                    if reason is not None:
-                        self.fallbacks.append((len(self.times), reason))
-                    self.times.append(mtime)
-                if op == "l":
-                    self.tree.link(relpath)
-                else:
-                    self.tree.write(relpath, data, mtime)
+                perform(self.tree, self.rule, op, relpath, data, mtime, self.times, self.fallbacks)
             return
         proc = self._proc
         assert proc.stdout is not None
