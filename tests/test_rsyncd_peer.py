@@ -191,6 +191,9 @@ def test_diff_r_and_stats_after_full_sync(world: World, protocol: int) -> None:
         out = rsync("-rt", "--stats", f"--protocol={protocol}", d.url("repo/"), f"{dest}/")
         assert f"Number of regular files transferred: {len(world.files)}" in out.stdout
         subprocess.run(["diff", "-r", str(dest), str(world.module_dir / "current")], check=True)
+        # At protocol >= 30 the full sync's runs came from the revision's spool (sendfile).
+        spooled = d.daemon.counters.spool_bytes_sent  # type: ignore[attr-defined]
+        assert (spooled > 0) == (protocol >= 30)
         for rel in world.files:
             a, b = (dest / rel).stat(), (world.module_dir / "current" / rel).stat()
             assert int(a.st_mtime) == int(b.st_mtime) and a.st_size == b.st_size

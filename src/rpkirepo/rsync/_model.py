@@ -53,7 +53,10 @@ __all__ = [
     "MemorySource",
     "Revision",
     "RevisionBuilder",
+    "SpoolIndex",
+    "SpoolSource",
     "deflate_tokens",
+    "spool_segment",
     "validate_name",
 ]
 
@@ -116,6 +119,19 @@ class BodySource(Protocol):
         ...
 
 
+class SpoolSource(Protocol):
+    """A revision's spool: every file's :func:`spool_segment`, one after the other in position
+    order, written once when the revision was loaded."""
+
+    def read(self, offset: int, size: int) -> bytes:
+        """``size`` bytes at ``offset``; raises :class:`StorageError` on a short read."""
+        ...
+
+    def fileno(self) -> int:
+        """A descriptor of the spool file for ``sendfile``, or -1 (read it instead)."""
+        ...
+
+
 class MemorySource:
     """Bodies held in memory (tests and small hand-made trees)."""
 
@@ -129,6 +145,22 @@ class MemorySource:
                 Reason.RSYNC_REVISION, "file changed under a loaded revision", path=repr(path)
             )
         return data[offset : offset + size]
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolIndex:
+    """Where each position's segment (:func:`spool_segment`, :data:`SPOOL_DIR_SEGMENT`) is in
+    a revision's spool: ``offsets[pos]`` to ``offsets[pos + 1]`` (the root's is empty), and
+    how many frames the segments before ``pos`` hold (``frames[pos]``)."""
+
+    source: SpoolSource
+    offsets: array[int] = field(repr=False)
+    frames: array[int] = field(repr=False)
+
+    def payload(self, first: int, last: int) -> int:
+        """The data bytes (frame headers left out) of positions ``first`` to ``last``."""
+        framed = self.offsets[last + 1] - self.offsets[first]
+        return framed - 4 * (self.frames[last + 1] - self.frames[first])
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +225,8 @@ class RevisionBuilder:
         self.max_entries = max_entries
         self.seed = seed & 0x7FFFFFFF
         self._root_mtime = 0
-        self._rows: list[tuple[bytes, bool, int, int, bytes]] = []
+        #: path, is_dir, size, mtime, MD5, where its spool segment starts (-1: none)
+        self._rows: list[tuple[bytes, bool, int, int, bytes, int]] = []
         self._dirs: set[bytes] = {b""}
         self._files: set[bytes] = set()
         self._bodies: dict[bytes, bytes] = {}
@@ -210,18 +243,24 @@ class RevisionBuilder:
     def set_root_mtime(self, mtime: int) -> None:
         self._root_mtime = mtime
 
-    def add_dir(self, path: bytes, mtime: int) -> None:
+    def add_dir(self, path: bytes, mtime: int, spool_at: int = -1) -> None:
+        """A directory; ``spool_at``: where its :data:`SPOOL_DIR_SEGMENT` starts in the
+        build's :class:`SpoolSource` (-1: not there)."""
         self._check(path)
         self._dirs.add(path)
-        self._rows.append((path, True, DIR_SIZE, mtime, _NO_MD5))
+        self._rows.append((path, True, DIR_SIZE, mtime, _NO_MD5, spool_at))
 
-    def add_file_digest(self, path: bytes, mtime: int, size: int, md5: bytes) -> None:
-        """A file whose body the build's :class:`BodySource` will provide."""
+    def add_file_digest(
+        self, path: bytes, mtime: int, size: int, md5: bytes, spool_at: int = -1
+    ) -> None:
+        """A file whose body the build's :class:`BodySource` will provide; ``spool_at``: where
+        its :func:`spool_segment` starts in the build's :class:`SpoolSource` (-1: not
+        there)."""
         self._check(path)
         if len(md5) != 16 or size < 0:
             raise StorageError(Reason.RSYNC_REVISION, "bad digest or size", path=repr(path))
         self._files.add(path)
-        self._rows.append((path, False, size, mtime, md5))
+        self._rows.append((path, False, size, mtime, md5, spool_at))
 
     def add_file(self, path: bytes, mtime: int, data: bytes) -> None:
         """A file with its body, kept in memory (a :class:`MemorySource` is built from them)."""
@@ -229,7 +268,10 @@ class RevisionBuilder:
         self.add_file_digest(path, mtime, len(data), md5)
         self._bodies[path] = data
 
-    def build(self, source: BodySource | None = None) -> Revision:
+    def build(self, source: BodySource | None = None, spool: SpoolSource | None = None) -> Revision:
+        """The revision.  ``spool`` is used only if every file's segment was written to it in
+        position order, back to back (what :func:`~rpkirepo.rsync.tree.load_revision`'s walk
+        order gives); otherwise the revision has no spool."""
         rows = self._rows
         rows.sort(key=lambda r: _sort_key_29(r[0], r[1]))
         names = bytearray()
@@ -241,7 +283,10 @@ class RevisionBuilder:
         ends.append(0)
         total = 0
         files = 0
-        for path, is_dir, size, mtime, md5 in rows:
+        index = _SpoolCheck() if spool is not None else None
+        for path, is_dir, size, mtime, md5, spool_at in rows:
+            if index is not None and not index.add(is_dir, size, spool_at):
+                index = None
             names += path
             ends.append(len(names))
             sizes.append(size)
@@ -256,7 +301,7 @@ class RevisionBuilder:
         # The end of each directory's subtree: positions are in depth-first order.
         subtree = array("I", range(1, count + 1))
         stack: list[tuple[int, bytes]] = [(0, b"")]
-        for i, (path, is_dir, _size, _mtime, _md5) in enumerate(rows, 1):
+        for i, (path, is_dir, _size, _mtime, _md5, _at) in enumerate(rows, 1):
             while stack[-1][1] and not path.startswith(stack[-1][1]):
                 subtree[stack.pop()[0]] = i
             if is_dir:
@@ -277,6 +322,7 @@ class RevisionBuilder:
             subtree=subtree,
             file_count=files,
             total_size=total,
+            spool=index.done(spool) if index is not None and spool is not None else None,
         )
 
 
@@ -310,6 +356,8 @@ class Revision:
     subtree: array[int] = field(repr=False)  # one past the last position under a directory
     file_count: int = 0
     total_size: int = 0
+    #: The files' answers, ready to send (``None`` without a spool): see :func:`spool_segment`.
+    spool: SpoolIndex | None = field(default=None, repr=False)
     max_flist_cache: int = 32
     deflate_cache_bytes: int = DEFLATE_CACHE_BYTES
     #: The MD4 implementation (protocol 27): the adapter may hand in a native one.
@@ -624,6 +672,69 @@ def deflate_tokens(data: bytes, level: int) -> bytes:
         out += piece
     out.append(END_FLAG)
     return bytes(out)
+
+
+#: What an rsync 3.x client sends after the index when it asks for a file it does not have
+#: (a full sync): the item flags ITEM_TRANSFER | ITEM_IS_NEW and an empty sum head.
+NEW_FILE_REQUEST: Final = b"\x00\xa0" + bytes(16)
+#: ... and for a directory it creates: the item flags ITEM_LOCAL_CHANGE | ITEM_IS_NEW.
+NEW_DIR_REQUEST: Final = b"\x00\x60"
+#: The longest MSG_DATA frame a spool holds (what rsync itself sends).
+SPOOL_FRAME: Final = 32768
+_DATA_TAG: Final = 7 << 24  # MSG_DATA
+
+
+def _framed(payload: bytes) -> bytes:
+    view = memoryview(payload)
+    parts: list[bytes | memoryview] = []
+    for off in range(0, len(payload), SPOOL_FRAME):
+        piece = view[off : off + SPOOL_FRAME]
+        parts.append((_DATA_TAG | len(piece)).to_bytes(4, "little"))
+        parts.append(piece)
+    return b"".join(parts)
+
+
+#: A directory's spool segment: the answer (an echo, in one MSG_DATA frame) to a full-sync
+#: request for it made right after the request for the position before it (index delta 1).
+SPOOL_DIR_SEGMENT: Final = _framed(b"\x01" + NEW_DIR_REQUEST)
+
+
+def spool_segment(data: bytes, md5: bytes) -> bytes:
+    """A file's entry in a revision's spool: the answer to a full-sync request for it made
+    right after the request for the position before it, as multiplexed output (MSG_DATA
+    frames of at most :data:`SPOOL_FRAME` bytes): the echo of the request (index delta 1,
+    :data:`NEW_FILE_REQUEST`), the literal token stream of the whole file, its end
+    (``int32 0``) and the MD5, what a protocol >= 30 answer without ``-z`` sends.
+
+    A full sync asks for every directory and file in list order, so the answers to a run of
+    its requests are a contiguous range of the spool, sent as it is (``sendfile``), with no
+    work per file (see ``rpkirepo.rsync._session``)."""
+    return _framed(b"\x01" + NEW_FILE_REQUEST + b"".join(literal_tokens(data)) + md5)
+
+
+def _spool_payload(size: int) -> int:
+    return 1 + len(NEW_FILE_REQUEST) + size + 4 * (-(-size // LITERAL_CHUNK)) + 20
+
+
+class _SpoolCheck:
+    """Builds a :class:`SpoolIndex` while checking that the segments were written in position
+    order, back to back."""
+
+    def __init__(self) -> None:
+        self.offsets = array("q", [0, 0])  # the root: an empty segment
+        self.frames = array("I", [0, 0])
+
+    def add(self, is_dir: bool, size: int, spool_at: int) -> bool:
+        if spool_at != self.offsets[-1]:
+            return False
+        payload = 1 + len(NEW_DIR_REQUEST) if is_dir else _spool_payload(size)
+        frames = -(-payload // SPOOL_FRAME)
+        self.offsets.append(spool_at + payload + 4 * frames)
+        self.frames.append(self.frames[-1] + frames)
+        return True
+
+    def done(self, source: SpoolSource) -> SpoolIndex:
+        return SpoolIndex(source, self.offsets, self.frames)
 
 
 def literal_tokens(data: bytes, chunk: int = LITERAL_CHUNK) -> Iterator[bytes | memoryview]:

@@ -41,6 +41,7 @@ message the client should print (``@ERROR: ...`` before the module is accepted, 
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -59,9 +60,13 @@ from rpkirepo.rsync._args import ServerArgs, parse_server_args
 from rpkirepo.rsync._filters import FilterSet
 from rpkirepo.rsync._model import (
     LITERAL_CHUNK,
+    NEW_DIR_REQUEST,
+    NEW_FILE_REQUEST,
     FileList,
     FlistOptions,
     Revision,
+    SpoolIndex,
+    SpoolSource,
     check_scope,
 )
 from rpkirepo.rsync._state import State, transition
@@ -91,6 +96,7 @@ __all__ = [
     "ModuleListed",
     "Session",
     "SessionEnded",
+    "SpoolRange",
     "TransferStarted",
 ]
 
@@ -108,8 +114,10 @@ OUTPUT_HIGH_WATER: Final = 128 * 1024
 #: Files up to this size are answered at once; larger ones are read and produced frame by
 #: frame as the output drains.
 SMALL_BODY_MAX: Final = 256 * 1024
+#: The most output of one spool range (one ``sendfile``).
+SPOOL_RANGE_MAX: Final = 4 << 20
 #: How much buffered input one batch of requests is parsed from.
-BATCH_INPUT: Final = 65536
+BATCH_INPUT: Final = 16384
 _FRAME_HEAD: Final = _I32.pack(((7 + 0) << 24) | MAX_DATA_FRAME_OUT)  # a full MSG_DATA frame
 _BYTE: Final = tuple(bytes([i]) for i in range(256))
 _ZERO4: Final = bytes(4)
@@ -187,6 +195,20 @@ class _Request:
     skip: int
 
 
+@dataclass(frozen=True, slots=True)
+class SpoolRange:
+    """Output to send as it is: ``count`` bytes at ``offset`` of a revision's spool, whole
+    MSG_DATA frames (see :func:`~rpkirepo.rsync._model.spool_segment`).  An adapter sends it
+    with ``sendfile`` (``source.fileno()``) or reads it (:meth:`read`)."""
+
+    source: SpoolSource
+    offset: int
+    count: int
+
+    def read(self) -> bytes:
+        return self.source.read(self.offset, self.count)
+
+
 def _negotiate(client: int, sub: int) -> int:
     negotiated = min(SERVER_PROTOCOL, client)
     if negotiated == client and sub != 0:
@@ -214,7 +236,7 @@ class Session:
         self._muxed_in = False
         self._muxed_out = False
         self._eof = False
-        self._out: deque[bytes] = deque()
+        self._out: deque[bytes | SpoolRange] = deque()
         self._generated = 0
         self._out_bytes = 0
         self._paused = False
@@ -288,11 +310,24 @@ class Session:
 
     def data_to_send(self, max_bytes: int = 256 * 1024) -> bytes:
         """Up to about ``max_bytes`` of output, produced lazily; ``b""`` when nothing is due."""
+        out = self.output(max_bytes)
+        return out.read() if isinstance(out, SpoolRange) else out
+
+    def output(self, max_bytes: int = 256 * 1024) -> bytes | SpoolRange:
+        """:meth:`data_to_send` for an adapter that can ``sendfile``: a spool range comes
+        alone, unread."""
         out: list[bytes] = []
         size = 0
         while size < max_bytes:
             if self._out:
-                item = self._out.popleft()
+                item = self._out[0]
+                if isinstance(item, SpoolRange):
+                    if out:
+                        break
+                    self._out.popleft()
+                    self.bytes_out += item.count
+                    return item
+                self._out.popleft()
                 self._out_bytes -= len(item)
                 out.append(item)
                 size += len(item)
@@ -363,6 +398,40 @@ class Session:
             off += MAX_DATA_FRAME_OUT
         self._queue(b"".join(parts))
         self._data_out = bytearray(view[off:])
+
+    def _send_pieces(self, pieces: list[bytes]) -> None:
+        """:meth:`_send_data` of the pieces one after the other, framed with one copy."""
+        if not self._muxed_out:
+            self._send_raw(b"".join(pieces))
+            return
+        total = sum(map(len, pieces))
+        self._generated += total
+        pending = self._data_out
+        if len(pending) + total < MAX_DATA_FRAME_OUT:
+            for piece in pieces:
+                pending += piece
+            return
+        out: list[bytes | bytearray | memoryview] = [_FRAME_HEAD, pending]
+        room = MAX_DATA_FRAME_OUT - len(pending)  # what the open frame still takes
+        last_head = 0
+        for piece in pieces:
+            view = memoryview(piece)
+            n = len(view)
+            off = 0
+            while n - off >= room:
+                out.append(view[off : off + room])
+                off += room
+                last_head = len(out)
+                out.append(_FRAME_HEAD)
+                room = MAX_DATA_FRAME_OUT
+            if off < n:
+                out.append(view[off:])
+                room -= n - off
+        # The last frame is not full: its bytes wait for more data.
+        rest = b"".join(out[last_head + 1 :])
+        del out[last_head:]
+        self._queue(b"".join(out))
+        self._data_out = bytearray(rest)
 
     def _flush_data(self) -> None:
         if self._data_out:
@@ -824,6 +893,8 @@ class Session:
         ids, fdirs, count = flist.ids, flist.dirs, len(flist)
         names, ends, sizes, tails = revision.names, revision.ends, revision.sizes, revision.tails
         read = revision.source.read
+        spool, rdirs = revision.spool, revision.dirs
+        run_end = run_ndx = run_used = run_pos = -1
         lim = self.limits
         max_block, max_sums = lim.rsync_max_block_length, lim.rsync_max_sum_bytes
         max_count = lim.rsync_max_sum_count
@@ -894,9 +965,22 @@ class Session:
                     break
                 seen[ndx >> 3] |= bit
                 self._sum_bytes += skip
-                body = read(names[ends[pos - 1] : ends[pos]], 0, size, size)
                 diff = ndx - prev_out
                 ndx_out = _BYTE[diff] if 0 < diff < 0xFE else writer.encode(ndx)
+                if spool is not None and skip == 0 and prev_in == prev_out and run_end < 0:
+                    # The requests after this one may be a full sync's run, answered from
+                    # the spool as it is (see :func:`_run_end`).
+                    pos_end, used = _run_end(rdirs, spool, data, q, end, pos)
+                    ndx_end = ndx + pos_end - pos
+                    if pos_end > pos and (
+                        ndx_end >= count
+                        or ids[ndx_end] != pos_end
+                        or not _claim_bits(seen, ndx + 1, ndx_end + 1)
+                    ):
+                        pos_end = pos
+                    if pos_end > pos:
+                        run_end, run_ndx, run_used, run_pos = pos_end, ndx_end, used, pos
+                body = read(names[ends[pos - 1] : ends[pos]], 0, size, size)
                 if size <= LITERAL_CHUNK:
                     # ndx, echo of flags and sum head, one literal run, end + MD5.
                     parts.append(
@@ -920,13 +1004,27 @@ class Session:
             writer.prev_pos = prev_out = ndx
             prev_in = ndx
             done = q
+            if run_end >= 0:
+                break
         if not done:
             return False
+        if run_end >= 0:
+            # The rest of the run: the spool's segments, sent as they are.
+            assert spool is not None
+            done += run_used
+            files += run_end - run_pos - rdirs.count(1, run_pos + 1, run_end + 1)
+            writer.prev_pos = prev_in = run_ndx
         buf.skip(done)
         self._ndx_in.prev_pos = prev_in
         self._commit_data()
         self.files_sent += files
-        self._send_data(b"".join(parts))
+        self._send_pieces(parts)
+        if run_end >= 0:
+            assert spool is not None
+            self._flush_data()
+            start, stop = spool.offsets[run_pos + 1], spool.offsets[run_end + 1]
+            self._generated += spool.payload(run_pos + 1, run_end)
+            self._out.append(SpoolRange(spool.source, start, stop - start))
         return True
 
     def _answer(self, req: _Request) -> None:
@@ -992,6 +1090,74 @@ class Session:
         self.state = transition(self.state, "goodbye")
         self._flush_data()
         self._end(None)
+
+
+#: A full sync's request for the position after the previous one, by directory flag.
+_FULL_SYNC_REQUEST: Final = (b"\x01" + NEW_FILE_REQUEST, b"\x01" + NEW_DIR_REQUEST)
+
+
+def _run_end(
+    dirs: bytes, spool: SpoolIndex, data: bytes, at: int, end: int, pos: int
+) -> tuple[int, int]:
+    """The run of full-sync requests in ``data[at:end]`` that follows the request for the file
+    at ``pos``: the requests for the positions after it, one after the other (index delta 1),
+    each a :data:`NEW_FILE_REQUEST` or :data:`NEW_DIR_REQUEST`, whose answers take at most
+    :data:`SPOOL_RANGE_MAX` bytes.  Their answers are the spool's segments of those positions,
+    byte for byte.  Returns the last position of the run (``pos``: none) and the bytes of
+    requests it covers."""
+    offsets = spool.offsets
+    last = len(offsets) - 2
+    k = bisect_right(offsets, offsets[pos + 1] + SPOOL_RANGE_MAX, pos + 1, last + 2) - pos - 2
+    avail = end - at
+    file_request, dir_request = _FULL_SYNC_REQUEST
+
+    def length(m: int) -> int:  # of the requests for the m positions after pos
+        dirs_in = dirs.count(1, pos + 1, pos + 1 + m)
+        return len(file_request) * (m - dirs_in) + len(dir_request) * dirs_in
+
+    if k > 0 and length(k) > avail:
+        lo, hi = 0, k  # length(lo) <= avail < length(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if length(mid) <= avail:
+                lo = mid
+            else:
+                hi = mid
+        k = lo
+    if k <= 0:
+        return pos, 0
+    want = b"".join(map(_FULL_SYNC_REQUEST.__getitem__, dirs[pos + 1 : pos + 1 + k]))
+    if not data.startswith(want, at):
+        view = memoryview(want)
+        lo, hi = 0, k  # the longest run that matches: lo does, hi does not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if data.startswith(view[: length(mid)], at):
+                lo = mid
+            else:
+                hi = mid
+        k = lo
+    return pos + k, length(k)
+
+
+def _claim_bits(seen: bytearray, lo: int, hi: int) -> bool:
+    """Set bits ``lo`` to ``hi - 1`` of ``seen`` if none of them is set yet (files not asked
+    for before); ``False`` and nothing changed otherwise."""
+    a, b = lo >> 3, (hi - 1) >> 3
+    if a == b:
+        mask = ((1 << (hi - lo)) - 1) << (lo & 7)
+        if seen[a] & mask:
+            return False
+        seen[a] |= mask
+        return True
+    first = (0xFF << (lo & 7)) & 0xFF
+    last = (1 << (((hi - 1) & 7) + 1)) - 1
+    if seen[a] & first or seen[b] & last or seen[a + 1 : b].strip(b"\x00"):
+        return False
+    seen[a] |= first
+    seen[b] |= last
+    seen[a + 1 : b] = b"\xff" * (b - a - 1)
+    return True
 
 
 def _slices(data: bytes, tail: bytes) -> Iterator[bytes | memoryview]:

@@ -34,9 +34,10 @@ from rpkirepo.rsync._session import (
     ModuleListed,
     Session,
     SessionEnded,
+    SpoolRange,
     TransferStarted,
 )
-from rpkirepo.rsync.tree import ModuleWatcher
+from rpkirepo.rsync.tree import DEFAULT_SPOOL_DIR, ModuleWatcher
 
 __all__ = ["RsyncDaemon", "RsyncdCounters", "serve_rsync"]
 
@@ -57,6 +58,8 @@ class RsyncdCounters:
     bytes_sent: int = 0
     bytes_received: int = 0
     files_sent: int = 0
+    #: bytes of full-sync answers sent from revision spools (sendfile)
+    spool_bytes_sent: int = 0
     sessions_ok: int = 0
     listings: int = 0
     refusals: Counter[str] = field(default_factory=Counter)
@@ -65,9 +68,18 @@ class RsyncdCounters:
 class RsyncDaemon:
     """Serves ``modules`` (name -> directory holding ``current``) until :meth:`close`."""
 
-    def __init__(self, modules: Mapping[str, Path], limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self,
+        modules: Mapping[str, Path],
+        limits: Limits = DEFAULT_LIMITS,
+        *,
+        spool_dir: Path | None = DEFAULT_SPOOL_DIR,
+    ) -> None:
         self.limits = limits
-        self.watchers = {name: ModuleWatcher(name, Path(d), limits) for name, d in modules.items()}
+        self.watchers = {
+            name: ModuleWatcher(name, Path(d), limits, spool_dir=spool_dir)
+            for name, d in modules.items()
+        }
         self.catalog = {name: w.get for name, w in self.watchers.items()}
         self.counters = RsyncdCounters()
         self._per_address: Counter[str] = Counter()
@@ -197,8 +209,19 @@ class RsyncDaemon:
         transport.set_write_buffer_limits(high=0)  # drain() waits for an empty buffer
         try:
             while True:
-                out = session.data_to_send(WRITE_CHUNK)
+                out = session.output(WRITE_CHUNK)
                 self._events(session, addr)
+                if isinstance(out, SpoolRange):
+                    timeout, reason = budget()
+                    try:
+                        async with asyncio.timeout(max(timeout, 0)):
+                            await _send_range(loop, writer, out)
+                    except TimeoutError:
+                        session.abort(reason, "timeout sending to the client")
+                        return
+                    self.counters.bytes_sent += out.count
+                    self.counters.spool_bytes_sent += out.count
+                    continue
                 if out:
                     writer.write(out)
                     self.counters.bytes_sent += len(out)
@@ -298,6 +321,8 @@ class RsyncDaemon:
              c.bytes_received, {}),
             ("rpkirepo_rsyncd_files_sent_total", "counter", "files sent to rsync clients",
              c.files_sent, {}),
+            ("rpkirepo_rsyncd_spool_bytes_sent_total", "counter",
+             "bytes of full-sync answers sent from revision spools", c.spool_bytes_sent, {}),
             ("rpkirepo_rsyncd_sessions_total", "counter", "rsync sessions that ended cleanly",
              c.sessions_ok, {}),
             ("rpkirepo_rsyncd_listings_total", "counter", "module listings served",
@@ -313,7 +338,33 @@ class RsyncDaemon:
                 ("rpkirepo_rsyncd_revision_loads_total", "counter",
                  "revisions loaded per module", w.loads, {"module": name})
             )  # fmt: skip
+            spooled = int(w.revision is not None and w.revision.spool is not None)
+            out.append(
+                ("rpkirepo_rsyncd_revision_spooled", "gauge",
+                 "1 when the module's current revision has a spool", spooled, {"module": name})
+            )  # fmt: skip
         return out
+
+
+async def _send_range(
+    loop: asyncio.AbstractEventLoop, writer: asyncio.StreamWriter, part: SpoolRange
+) -> None:
+    """Send a spool range: ``sendfile`` from the spool (no copy through Python) where the loop
+    and transport can, else read and write."""
+    fd = part.source.fileno()
+    if fd >= 0:
+        try:
+            # The descriptor stays the spool's (closefd=False); the offset is explicit, so
+            # sessions sharing it do not mind the file position sendfile leaves behind.
+            with open(fd, "rb", buffering=0, closefd=False) as spool:
+                await loop.sendfile(
+                    writer.transport, spool, part.offset, part.count, fallback=False
+                )
+            return
+        except (asyncio.SendfileNotAvailableError, NotImplementedError):
+            pass  # another event loop or transport: read and write instead
+    writer.write(part.read())
+    await writer.drain()
 
 
 async def serve_rsync(
@@ -323,10 +374,12 @@ async def serve_rsync(
     *,
     ready: Callable[[list[tuple[str, int]]], None] | None = None,
     stop: asyncio.Event | None = None,
+    spool_dir: Path | None = DEFAULT_SPOOL_DIR,
 ) -> RsyncDaemon:
     """Run the daemon until ``stop`` is set (forever without one); ``ready`` gets the bound
-    addresses once it listens.  Returns the daemon (for its counters) after it closed."""
-    daemon = RsyncDaemon(modules, limits)
+    addresses once it listens; ``spool_dir``: where revision spools go (``None``: none).
+    Returns the daemon (for its counters) after it closed."""
+    daemon = RsyncDaemon(modules, limits, spool_dir=spool_dir)
     bound = await daemon.start(listen)
     if ready is not None:
         ready(bound)

@@ -29,25 +29,127 @@ re-read when the daemon restarts.
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import logging
 import os
 import secrets
 import stat
+import tempfile
 import weakref
 from pathlib import Path
 from typing import Final
 
 from rpkirepo.errors import LimitExceeded, Reason, RpkiRepoError, StorageError
 from rpkirepo.limits import DEFAULT_LIMITS, Limits
-from rpkirepo.rsync._model import Revision, RevisionBuilder
+from rpkirepo.rsync._model import (
+    SPOOL_DIR_SEGMENT,
+    Revision,
+    RevisionBuilder,
+    spool_segment,
+)
 from rpkirepo.rsync.md4_native import md4_digest
 
-__all__ = ["ModuleWatcher", "RevisionFiles", "load_revision", "resolve_current"]
+__all__ = [
+    "DEFAULT_SPOOL_DIR",
+    "ModuleWatcher",
+    "RevisionFiles",
+    "RevisionSpool",
+    "load_revision",
+    "resolve_current",
+]
 
 log = logging.getLogger("rpkirepo.rsyncd")
 
 _OPEN_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Where the daemon puts revision spools unless told otherwise ($TMPDIR, else /tmp).
+DEFAULT_SPOOL_DIR: Final = Path(tempfile.gettempdir())
+
+
+class RevisionSpool:
+    """The :class:`~rpkirepo.rsync._model.SpoolSource` of one loaded revision: an unlinked
+    temporary file (``O_TMPFILE``) in the spool directory, so nothing is left behind by a crash,
+    and its space is freed when the last session holding the revision ends.  Written once, at
+    load, and read with ``pread``: a run of consecutive files is one read."""
+
+    _FLUSH: Final = 1 << 20
+
+    def __init__(self, fd: int, where: Path) -> None:
+        self.where = where
+        self._fd = fd
+        self._closer = weakref.finalize(self, os.close, fd)
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self.size = 0
+
+    @classmethod
+    def create(cls, directory: Path) -> RevisionSpool | None:
+        """A new empty spool in ``directory``, or ``None`` (logged) when none can be made."""
+        try:
+            try:
+                fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise
+                # A filesystem without O_TMPFILE: a named file, unlinked at once.
+                fd, name = tempfile.mkstemp(prefix="rpkirepo-spool-", dir=directory)
+                os.unlink(name)
+        except OSError as exc:
+            log.warning(
+                "cannot make a spool in %s: %s; serving without one", directory, exc.strerror,
+                extra={"reason": Reason.STORAGE_IO.value},
+            )  # fmt: skip
+            return None
+        return cls(fd, directory)
+
+    def append(self, segment: bytes) -> int:
+        """Queue ``segment``; returns where it starts, or -1 (logged, spool closed) when the
+        spool could not be written."""
+        at = self.size
+        self._pending.append(segment)
+        self._pending_bytes += len(segment)
+        self.size += len(segment)
+        if self._pending_bytes >= self._FLUSH and not self._flush():
+            return -1
+        return at
+
+    def finish(self) -> bool:
+        """Write what is queued; ``False`` (logged, spool closed) on failure."""
+        return self._flush()
+
+    def _flush(self) -> bool:
+        data = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            log.warning(
+                "cannot write the spool in %s: %s; serving without one", self.where,
+                exc.strerror, extra={"reason": Reason.STORAGE_IO.value},
+            )  # fmt: skip
+            self.close()
+            return False
+        return True
+
+    def read(self, offset: int, size: int) -> bytes:
+        try:
+            data = os.pread(self._fd, size, offset)
+        except OSError as exc:
+            raise StorageError(
+                Reason.RSYNC_REVISION, f"cannot read the spool: {exc.strerror}"
+            ) from None
+        if len(data) != size:
+            raise StorageError(Reason.RSYNC_REVISION, "short read from the spool")
+        return data
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        self._closer()
 
 
 class RevisionFiles:
@@ -98,8 +200,8 @@ def resolve_current(module_dir: Path) -> Path:
     return module_dir
 
 
-def _digest_file(path: bytes, size_cap: int) -> tuple[int, int, bytes]:
-    """(size, mtime, MD5) of a regular file, read once."""
+def _read_file(path: bytes, size_cap: int) -> tuple[bytes, int]:
+    """(bytes, mtime) of a regular file, read once."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
@@ -123,14 +225,21 @@ def _digest_file(path: bytes, size_cap: int) -> tuple[int, int, bytes]:
             raise StorageError(
                 Reason.RSYNC_REVISION, "file changed while read", path=os.fsdecode(path)
             )
-        return len(data), int(st.st_mtime), hashlib.md5(data, usedforsecurity=False).digest()
+        return data, int(st.st_mtime)
     finally:
         os.close(fd)
 
 
-def load_revision(root: Path, limits: Limits = DEFAULT_LIMITS, name: str = "") -> Revision:
+def load_revision(
+    root: Path, limits: Limits = DEFAULT_LIMITS, name: str = "", *, spool_dir: Path | None = None
+) -> Revision:
     """Walk ``root`` (a revision tree) into a :class:`Revision`; raises :class:`RpkiRepoError`
-    (``rsync-bad-name``, ``rsync-revision-unloadable``, a limit) when it cannot be served."""
+    (``rsync-bad-name``, ``rsync-revision-unloadable``, a limit) when it cannot be served.
+
+    With ``spool_dir``, every file's answer body is also written, in position order, to a
+    :class:`RevisionSpool` there (see :func:`~rpkirepo.rsync._model.spool_segment`); a spool
+    that cannot be made or written (a full disk) is logged and left out, never an error.
+    """
     builder = RevisionBuilder(
         name or root.name,
         max_entries=limits.rsync_max_tree_entries,
@@ -141,36 +250,72 @@ def load_revision(root: Path, limits: Limits = DEFAULT_LIMITS, name: str = "") -
         source = RevisionFiles(root)
     except OSError as exc:
         raise StorageError(Reason.RSYNC_REVISION, str(exc.strerror or exc), path=str(root)) from exc
+    spool = RevisionSpool.create(spool_dir) if spool_dir is not None else None
     try:
         builder.set_root_mtime(int(os.stat(base).st_mtime))
-        stack: list[bytes] = [b""]
+        # Depth first, per directory its files (by name) then its subdirectories (by name +
+        # "/"), each followed by its subtree: the protocol 29 order of positions, so the spool
+        # gets the files in position order.
+        # Depth first, per directory its files (by name) then its subdirectories (by name +
+        # "/"), each followed by its subtree: the protocol 29 order of positions, so the spool
+        # gets its segments in position order.
+        stack: list[tuple[bytes, int]] = [(b"", 0)]
         while stack:
-            rel = stack.pop()
+            rel, dir_mtime = stack.pop()
+            if rel:
+                at = -1
+                if spool is not None:
+                    at = spool.append(SPOOL_DIR_SEGMENT)
+                    if at < 0:
+                        spool = None  # could not be written: logged, the revision has none
+                builder.add_dir(rel, dir_mtime, at)
             directory = base + b"/" + rel if rel else base
+            files: list[tuple[bytes, bytes]] = []
+            subdirs: list[tuple[bytes, bytes, int]] = []
             with os.scandir(directory) as it:
-                entries = sorted(it, key=lambda e: e.name)
-            for entry in entries:
-                child = rel + b"/" + entry.name if rel else entry.name
-                st = entry.stat(follow_symlinks=False)
-                if stat.S_ISDIR(st.st_mode):
-                    builder.add_dir(child, int(st.st_mtime))
-                    stack.append(child)
-                elif stat.S_ISREG(st.st_mode):
-                    size, mtime, md5 = _digest_file(entry.path, limits.max_object_size)
-                    builder.add_file_digest(child, mtime, size, md5)
-                else:
-                    raise StorageError(
-                        Reason.RSYNC_BAD_NAME,
-                        "symlink or special file in a revision",
-                        path=os.fsdecode(entry.path),
-                    )
+                for entry in it:
+                    st = entry.stat(follow_symlinks=False)
+                    if stat.S_ISDIR(st.st_mode):
+                        subdirs.append((entry.name + b"/", entry.name, int(st.st_mtime)))
+                    elif stat.S_ISREG(st.st_mode):
+                        files.append((entry.name, entry.path))
+                    else:
+                        raise StorageError(
+                            Reason.RSYNC_BAD_NAME,
+                            "symlink or special file in a revision",
+                            path=os.fsdecode(entry.path),
+                        )
+            files.sort()
+            subdirs.sort()
+            for file_name, file_path in files:
+                child = rel + b"/" + file_name if rel else file_name
+                data, mtime = _read_file(file_path, limits.max_object_size)
+                md5 = hashlib.md5(data, usedforsecurity=False).digest()
+                at = -1
+                if spool is not None:
+                    at = spool.append(spool_segment(data, md5))
+                    if at < 0:
+                        spool = None
+                builder.add_file_digest(child, mtime, len(data), md5, at)
+            stack.extend(
+                (rel + b"/" + name if rel else name, mtime) for _k, name, mtime in reversed(subdirs)
+            )
+        if spool is not None and not spool.finish():
+            spool = None
     except OSError as exc:
         source.close()
+        if spool is not None:
+            spool.close()
         raise StorageError(Reason.RSYNC_REVISION, str(exc.strerror or exc), path=str(root)) from exc
     except BaseException:
         source.close()
+        if spool is not None:
+            spool.close()
         raise
-    revision = builder.build(source)
+    revision = builder.build(source, spool)
+    if spool is not None and revision.spool is None:
+        log.warning("revision %s: spool not in position order, not used", revision.name)
+        spool.close()
     revision.max_flist_cache = limits.rsync_max_flist_cache
     revision.deflate_cache_bytes = limits.rsync_deflate_cache_bytes
     revision.md4 = md4_digest()
@@ -193,10 +338,18 @@ def _release_free_memory() -> None:
 class ModuleWatcher:
     """One module: its directory, its current revision, and the poll that replaces it."""
 
-    def __init__(self, name: str, directory: Path, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self,
+        name: str,
+        directory: Path,
+        limits: Limits = DEFAULT_LIMITS,
+        *,
+        spool_dir: Path | None = DEFAULT_SPOOL_DIR,
+    ) -> None:
         self.name = name
         self.directory = directory
         self.limits = limits
+        self.spool_dir = spool_dir
         self.revision: Revision | None = None
         self.target: Path | None = None
         self.failed_target: Path | None = None
@@ -216,7 +369,7 @@ class ModuleWatcher:
         """Load ``target`` (blocking; run it in a thread).  On failure, log and keep serving the
         previous revision."""
         try:
-            revision = load_revision(target, self.limits)
+            revision = load_revision(target, self.limits, spool_dir=self.spool_dir)
         except RpkiRepoError as exc:
             self.failed_target = target
             log.error(

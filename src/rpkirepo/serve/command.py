@@ -67,6 +67,7 @@ SERVE_KEYS: Final = frozenset(
         # The rsync daemon's (rpkirepo.rsync.command): it may run from the same table.
         "rsync_listen",
         "modules",
+        "rsync_spool_dir",
     }
 )
 

@@ -1,0 +1,196 @@
+"""Revision spools (rsync/tree.py ``RevisionSpool``, the ``_answer_batch`` runs of
+rsync/_session.py): a full sync's answers sent as they are from the spool must be byte for byte
+what the general path sends, for any request stream; the spool is written in position order at
+load, is never visible in its directory, and its absence is never an error.
+
+Interop with the real client through the spool (sendfile) is in test_rsyncd_peer.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from rpkirepo.rsync import Revision, RevisionBuilder, Session, State
+from rpkirepo.rsync._model import (
+    SPOOL_DIR_SEGMENT,
+    MemorySource,
+    spool_segment,
+)
+from rpkirepo.rsync._session import SpoolRange
+from rpkirepo.rsync.tree import load_revision
+from test_rsyncd_session import Client, catalog, make_revision, run, split_output
+
+
+class MemorySpool:
+    """A spool in memory: no descriptor, so ranges are read."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def append(self, segment: bytes) -> int:
+        at = len(self.data)
+        self.data += segment
+        return at
+
+    def fileno(self) -> int:
+        return -1
+
+    def read(self, offset: int, size: int) -> bytes:
+        out = bytes(self.data[offset : offset + size])
+        assert len(out) == size
+        return out
+
+
+def spooled(files: dict[str, bytes]) -> tuple[Revision, Revision]:
+    """The same revision without and with a spool (segments in position order)."""
+    plain = make_revision(files)
+    spool = MemorySpool()
+    at: dict[bytes, int] = {}
+    for pos in range(1, plain.count):
+        path = plain.path(pos)
+        if plain.is_dir(pos):
+            at[path] = spool.append(SPOOL_DIR_SEGMENT)
+        else:
+            at[path] = spool.append(spool_segment(files[path.decode()], plain.md5(pos)))
+    b = RevisionBuilder("r1", max_entries=1_000_000, seed=1234)
+    b.set_root_mtime(946684800)
+    dirs: set[str] = set()
+    for path in sorted(files):
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            d = "/".join(parts[:i])
+            if d not in dirs:
+                dirs.add(d)
+                b.add_dir(d.encode(), 946684800, at[d.encode()])
+        data = files[path]
+        md5 = hashlib.md5(data).digest()
+        b.add_file_digest(path.encode(), 1700000000 + len(path), len(data), md5, at[path.encode()])
+    rev = b.build(MemorySource({k.encode(): v for k, v in files.items()}), spool)
+    assert rev.spool is not None and rev.spool.source is spool
+    return plain, rev
+
+
+def random_files(rng: random.Random) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    for d in range(rng.randint(3, 12)):
+        for f in range(rng.randint(0, 30)):
+            size = rng.choice([0, 5, 100, 3000, 40000])
+            files[f"d{d}/x{f:03d}.roa"] = rng.randbytes(size)
+        files[f"d{d}/sub/y.cer"] = b"y" * d
+        if d % 3 == 0:
+            files[f"d{d}/sub/deep/z.mft"] = b"z" * 70000  # more than one frame
+    files["top.crl"] = b"crl"
+    return files
+
+
+def script(client: Client, is_dir: list[bool], rng: random.Random) -> bytes:
+    """A full sync as rsync 3.x sends it (each new directory, then each file, in list order),
+    with random departures: skipped entries, other flags, block sums, repeats."""
+    out = [client.greeting(), client.args(), client.filters()]
+    for i in range(1, len(is_dir)):
+        r = rng.random()
+        if r < 0.05:
+            continue
+        if is_dir[i]:
+            out.append(client.data(client.ndx.encode(i) + b"\x00\x60"))
+            continue
+        if r < 0.08:
+            out.append(client.request(i, (2, 700, 2, 100), junk=bytes(12)))
+        elif r < 0.1:
+            out.append(client.request(i, (0, 700, 0, 0)))
+        elif r < 0.2:
+            out.append(client.request(i))  # ITEM_TRANSFER alone
+        else:
+            out.append(client.data(client.ndx.encode(i) + b"\x00\xa0" + bytes(16)))
+        if rng.random() < 0.02:
+            out.append(client.request(i))
+    out.append(client.dones())
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_spool_answers_are_the_general_paths(seed: int) -> None:
+    rng = random.Random(seed)
+    plain, rev = spooled(random_files(rng))
+    for protocol in (31, 30):
+        probe = Session(catalog(plain))
+        run(
+            probe,
+            Client(protocol).greeting() + Client(protocol).args() + Client(protocol).filters(),
+        )
+        assert probe.flist is not None
+        is_dir = [probe.flist.is_dir(i) for i in range(len(probe.flist))]
+        data = script(Client(protocol), is_dir, rng)
+        step = rng.choice([None, 1, 7, 1000])
+        want = split_output(run(Session(catalog(plain)), data, step), protocol)
+        session = Session(catalog(rev))
+        got = split_output(run(session, data, step), protocol)
+        assert session.state is State.DONE
+        assert (got.stream, got.messages) == (want.stream, want.messages)
+
+
+def test_a_clean_full_sync_is_answered_in_ranges() -> None:
+    plain, rev = spooled(random_files(random.Random(99)))
+    client = Client(31)
+    probe = Session(catalog(plain))
+    run(probe, client.greeting() + client.args() + client.filters())
+    assert probe.flist is not None
+    requests = [client.greeting(), client.args(), client.filters()]
+    for i in range(1, len(probe.flist)):
+        tail = b"\x00\x60" if probe.flist.is_dir(i) else b"\x00\xa0" + bytes(16)
+        requests.append(client.data(client.ndx.encode(i) + tail))
+    session = Session(catalog(rev))
+    session.receive_data(b"".join(requests) + client.dones())
+    ranged = 0
+    while (out := session.output()) != b"":
+        if isinstance(out, SpoolRange):
+            ranged += out.count
+    assert session.state is State.DONE
+    assert rev.spool is not None
+    assert ranged > 0.9 * len(rev.spool.source.data)  # type: ignore[attr-defined]
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+
+
+def test_load_writes_the_spool_in_position_order(tmp_path: Path) -> None:
+    files = random_files(random.Random(5))
+    # Names whose protocol 29 order differs from plain name order: files before directories.
+    files.update({"a.b/f": b"1", "a/b": b"2", "a0": b"3", "a/c/d": b"4", "a-": b""})
+    write_tree(tmp_path / "tree", files)
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    rev = load_revision(tmp_path / "tree", spool_dir=spool_dir)
+    assert rev.spool is not None
+    assert os.listdir(spool_dir) == []  # an unlinked file
+    offsets = rev.spool.offsets
+    for pos in range(1, rev.count):
+        segment = rev.spool.source.read(offsets[pos], offsets[pos + 1] - offsets[pos])
+        if rev.is_dir(pos):
+            assert segment == SPOOL_DIR_SEGMENT
+        else:
+            data = files[rev.path(pos).decode()]
+            assert segment == spool_segment(data, hashlib.md5(data).digest())
+    total = sum(len(d) for d in files.values())
+    assert rev.spool.payload(1, rev.count - 1) > total
+    plain = load_revision(tmp_path / "tree")
+    assert plain.spool is None and plain.names == rev.names and plain.tails == rev.tails
+
+
+def test_without_a_spool_the_revision_still_loads(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_tree(tmp_path / "tree", {"a/b.roa": b"x" * 10})
+    with caplog.at_level(logging.WARNING, logger="rpkirepo.rsyncd"):
+        rev = load_revision(tmp_path / "tree", spool_dir=tmp_path / "missing")
+    assert rev.spool is None and rev.file_count == 1
+    assert any(getattr(r, "reason", None) == "storage-io" for r in caplog.records)
