@@ -12,11 +12,14 @@ import hashlib
 import logging
 import os
 import random
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from rpkirepo.rsync import Revision, RevisionBuilder, Session, State
+from conftest import require_peer
+from peers import rpkirepo_rsyncd
+from rpkirepo.rsync import Revision, RevisionBuilder, Session, State, _model
 from rpkirepo.rsync._model import (
     SPOOL_DIR_SEGMENT,
     MemorySource,
@@ -115,8 +118,10 @@ def script(client: Client, is_dir: list[bool], rng: random.Random) -> bytes:
 
 
 @pytest.mark.parametrize("seed", range(40))
-def test_spool_answers_are_the_general_paths(seed: int) -> None:
+def test_spool_answers_are_the_general_paths(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(seed)
+    if seed % 2:  # the file list from the spool too
+        monkeypatch.setattr(_model, "SPOOL_LIST_MIN", 0)
     plain, rev = spooled(random_files(rng))
     for protocol in (31, 30):
         probe = Session(catalog(plain))
@@ -133,6 +138,8 @@ def test_spool_answers_are_the_general_paths(seed: int) -> None:
         got = split_output(run(session, data, step), protocol)
         assert session.state is State.DONE
         assert (got.stream, got.messages) == (want.stream, want.messages)
+        assert session.flist is not None
+        assert (session.flist.spool_at >= 0) == bool(seed % 2)
 
 
 def test_a_clean_full_sync_is_answered_in_ranges() -> None:
@@ -194,3 +201,30 @@ def test_without_a_spool_the_revision_still_loads(
         rev = load_revision(tmp_path / "tree", spool_dir=tmp_path / "missing")
     assert rev.spool is None and rev.file_count == 1
     assert any(getattr(r, "reason", None) == "storage-io" for r in caplog.records)
+
+
+@pytest.mark.parametrize("protocol", [31, 30, 27])
+def test_real_client_full_sync_through_the_spool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, protocol: int
+) -> None:
+    """Debian's rsync, a full sync and a no-change re-sync, with the file list and the
+    files' answers sent from the spool (sendfile): the same tree, the same mtimes."""
+    require_peer("rsync")
+    monkeypatch.setattr(_model, "SPOOL_LIST_MIN", 0)
+    files = random_files(random.Random(7))
+    write_tree(tmp_path / "tree", files)
+    dest = tmp_path / "dest"
+    with rpkirepo_rsyncd({"repo": tmp_path / "tree"}) as d:
+        for _ in range(2):
+            proc = subprocess.run(
+                ["rsync", "-rt", f"--protocol={protocol}", d.url("repo/"), f"{dest}/"],
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            assert proc.returncode == 0, proc.stderr
+        spooled = d.daemon.counters.spool_bytes_sent  # type: ignore[attr-defined]
+    subprocess.run(["diff", "-r", str(dest), str(tmp_path / "tree")], check=True)
+    for rel in files:
+        assert int((dest / rel).stat().st_mtime) == int((tmp_path / "tree" / rel).stat().st_mtime)
+    assert spooled > 0  # at least the lists; at >= 30 the files' answers too
+    if protocol >= 30:
+        assert spooled > sum(len(v) for v in files.values())

@@ -131,6 +131,10 @@ class SpoolSource(Protocol):
         """A descriptor of the spool file for ``sendfile``, or -1 (read it instead)."""
         ...
 
+    def append(self, data: bytes) -> int:
+        """Store ``data`` at the end; where it starts, or -1 when it could not be stored."""
+        ...
+
 
 class MemorySource:
     """Bodies held in memory (tests and small hand-made trees)."""
@@ -209,6 +213,10 @@ class FileList:
     prefix: bytes = b""
     #: what else the encoding depends on (lists equal in this and ``ids`` share ``encoded``).
     shape: tuple[object, ...] = ()
+    #: ``encoded`` as MSG_DATA frames in the revision's spool: where, and how many bytes
+    #: (-1: not there).  See :data:`SPOOL_LIST_MIN`.
+    spool_at: int = -1
+    spool_size: int = 0
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -230,6 +238,7 @@ class RevisionBuilder:
         self._dirs: set[bytes] = {b""}
         self._files: set[bytes] = set()
         self._bodies: dict[bytes, bytes] = {}
+        self._dir_spool: dict[bytes, int] = {}
 
     def _check(self, path: bytes) -> None:
         validate_name(path)
@@ -245,10 +254,15 @@ class RevisionBuilder:
 
     def add_dir(self, path: bytes, mtime: int, spool_at: int = -1) -> None:
         """A directory; ``spool_at``: where its :data:`SPOOL_DIR_SEGMENT` starts in the
-        build's :class:`SpoolSource` (-1: not there)."""
+        build's :class:`SpoolSource` (-1: not there, or see :meth:`spool_dir`)."""
         self._check(path)
         self._dirs.add(path)
         self._rows.append((path, True, DIR_SIZE, mtime, _NO_MD5, spool_at))
+
+    def spool_dir(self, path: bytes, spool_at: int) -> None:
+        """Where the :data:`SPOOL_DIR_SEGMENT` of directory ``path`` (added before or after)
+        starts in the build's :class:`SpoolSource`."""
+        self._dir_spool[path] = spool_at
 
     def add_file_digest(
         self, path: bytes, mtime: int, size: int, md5: bytes, spool_at: int = -1
@@ -284,7 +298,10 @@ class RevisionBuilder:
         total = 0
         files = 0
         index = _SpoolCheck() if spool is not None else None
+        dir_spool = self._dir_spool
         for path, is_dir, size, mtime, md5, spool_at in rows:
+            if is_dir and spool_at < 0:
+                spool_at = dir_spool.get(path, -1)
             if index is not None and not index.add(is_dir, size, spool_at):
                 index = None
             names += path
@@ -309,6 +326,7 @@ class RevisionBuilder:
         for pos, _prefix in stack:
             subtree[pos] = count
         self._rows = []
+        self._dir_spool = {}
         return Revision(
             name=self.name,
             seed=self.seed,
@@ -521,7 +539,15 @@ class Revision:
                 return other
         total = sum(self.sizes[p] for p in ids if not self.dirs[p])
         encoded = encode_file_list(self, ids, top, top_name, strip, prefix, opts)
-        return FileList(ids, dirs, encoded, total, False, top, top_name, strip, prefix, shape)
+        spool_at, spool_size = -1, 0
+        if self.spool is not None and len(encoded) >= SPOOL_LIST_MIN:
+            framed = _framed(encoded)
+            spool_at = self.spool.source.append(framed)
+            spool_size = len(framed) if spool_at >= 0 else 0
+        return FileList(
+            ids, dirs, encoded, total, False, top, top_name, strip, prefix, shape,
+            spool_at, spool_size,
+        )  # fmt: skip
 
     def _name(self, pos: int, top: int, top_name: bytes, strip: int, prefix: bytes) -> bytes:
         return top_name if pos == top else prefix + self.path(pos)[strip:]
@@ -679,6 +705,10 @@ def deflate_tokens(data: bytes, level: int) -> bytes:
 NEW_FILE_REQUEST: Final = b"\x00\xa0" + bytes(16)
 #: ... and for a directory it creates: the item flags ITEM_LOCAL_CHANGE | ITEM_IS_NEW.
 NEW_DIR_REQUEST: Final = b"\x00\x60"
+#: Encoded file lists at least this long are also put in the revision's spool, so sessions
+#: send them with ``sendfile`` (a 100k-object list is ~4.4 MB; smaller ones are sent from
+#: memory).
+SPOOL_LIST_MIN: Final = 64 * 1024
 #: The longest MSG_DATA frame a spool holds (what rsync itself sends).
 SPOOL_FRAME: Final = 32768
 _DATA_TAG: Final = 7 << 24  # MSG_DATA

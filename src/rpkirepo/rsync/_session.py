@@ -110,7 +110,7 @@ _I32: Final = Struct("<i")
 _I32X4: Final = Struct("<4i")
 #: Requests are answered until this much output waits to be sent, then parsing pauses: the
 #: output a session holds (beyond one answer) is bounded by it.
-OUTPUT_HIGH_WATER: Final = 128 * 1024
+OUTPUT_HIGH_WATER: Final = 32 * 1024
 #: Files up to this size are answered at once; larger ones are read and produced frame by
 #: frame as the output drains.
 SMALL_BODY_MAX: Final = 256 * 1024
@@ -726,8 +726,16 @@ class Session:
             tail += int32(0) if self.protocol < 30 else b"\x00"
         if self.protocol < 30:
             tail += int32(0)  # io_error
-        # The encoded list is shared by every session: sent from it a frame at a time.
-        self._producer = _slices(flist.encoded, tail)
+        if flist.spool_at >= 0 and revision.spool is not None and self._muxed_out:
+            # The encoded list, framed, is in the revision's spool: sent from there.
+            self._flush_data()
+            self._out.append(SpoolRange(revision.spool.source, flist.spool_at, flist.spool_size))
+            self._generated += len(flist.encoded)
+            if tail:
+                self._send_data(tail)
+        else:
+            # The encoded list is shared by every session: sent from it a frame at a time.
+            self._producer = _slices(flist.encoded, tail)
         self._events.append(
             TransferStarted(
                 module=self.module,
