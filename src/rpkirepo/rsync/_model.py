@@ -56,6 +56,7 @@ __all__ = [
     "SpoolIndex",
     "SpoolSource",
     "deflate_tokens",
+    "spool_file_offset",
     "spool_segment",
     "validate_name",
 ]
@@ -153,18 +154,16 @@ class MemorySource:
 
 @dataclass(frozen=True, slots=True)
 class SpoolIndex:
-    """Where each position's segment (:func:`spool_segment`, :data:`SPOOL_DIR_SEGMENT`) is in
-    a revision's spool: ``offsets[pos]`` to ``offsets[pos + 1]`` (the root's is empty), and
-    how many frames the segments before ``pos`` hold (``frames[pos]``)."""
+    """Where each position's answer (:func:`spool_segment`, :data:`SPOOL_DIR_SEGMENT`) is in a
+    revision's spool.  The spool starts with all of them back to back in position order, one
+    stream of data cut into MSG_DATA frames of :data:`SPOOL_FRAME` bytes (the last one
+    shorter); ``offsets[pos]`` to ``offsets[pos + 1]`` is a position's part of that stream
+    (the root's is empty), ``total`` its length.  :func:`spool_file_offset` maps a stream
+    offset to a file offset."""
 
     source: SpoolSource
     offsets: array[int] = field(repr=False)
-    frames: array[int] = field(repr=False)
-
-    def payload(self, first: int, last: int) -> int:
-        """The data bytes (frame headers left out) of positions ``first`` to ``last``."""
-        framed = self.offsets[last + 1] - self.offsets[first]
-        return framed - 4 * (self.frames[last + 1] - self.frames[first])
+    total: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -709,7 +708,7 @@ NEW_DIR_REQUEST: Final = b"\x00\x60"
 #: send them with ``sendfile`` (a 100k-object list is ~4.4 MB; smaller ones are sent from
 #: memory).
 SPOOL_LIST_MIN: Final = 64 * 1024
-#: The longest MSG_DATA frame a spool holds (what rsync itself sends).
+#: The MSG_DATA frames of a spool's answer stream (what rsync itself sends).
 SPOOL_FRAME: Final = 32768
 _DATA_TAG: Final = 7 << 24  # MSG_DATA
 
@@ -724,22 +723,27 @@ def _framed(payload: bytes) -> bytes:
     return b"".join(parts)
 
 
-#: A directory's spool segment: the answer (an echo, in one MSG_DATA frame) to a full-sync
-#: request for it made right after the request for the position before it (index delta 1).
-SPOOL_DIR_SEGMENT: Final = _framed(b"\x01" + NEW_DIR_REQUEST)
+def spool_file_offset(x: int) -> int:
+    """Where byte ``x`` of a spool's answer stream is in the spool file (each frame of
+    :data:`SPOOL_FRAME` bytes has a 4-byte header before it)."""
+    return x + 4 * (x // SPOOL_FRAME + 1)
+
+
+#: A directory's answer in a spool: the echo of a full-sync request for it made right after the
+#: request for the position before it (index delta 1).
+SPOOL_DIR_SEGMENT: Final = b"\x01" + NEW_DIR_REQUEST
 
 
 def spool_segment(data: bytes, md5: bytes) -> bytes:
-    """A file's entry in a revision's spool: the answer to a full-sync request for it made
-    right after the request for the position before it, as multiplexed output (MSG_DATA
-    frames of at most :data:`SPOOL_FRAME` bytes): the echo of the request (index delta 1,
-    :data:`NEW_FILE_REQUEST`), the literal token stream of the whole file, its end
+    """A file's answer in a revision's spool, when the request for it is a full sync's, made
+    right after the request for the position before it: the echo of the request (index delta
+    1, :data:`NEW_FILE_REQUEST`), the literal token stream of the whole file, its end
     (``int32 0``) and the MD5, what a protocol >= 30 answer without ``-z`` sends.
 
     A full sync asks for every directory and file in list order, so the answers to a run of
-    its requests are a contiguous range of the spool, sent as it is (``sendfile``), with no
-    work per file (see ``rpkirepo.rsync._session``)."""
-    return _framed(b"\x01" + NEW_FILE_REQUEST + b"".join(literal_tokens(data)) + md5)
+    its requests are a contiguous part of the spool's answer stream, sent as it is
+    (``sendfile``), with no work per file (see ``rpkirepo.rsync._session``)."""
+    return b"\x01" + NEW_FILE_REQUEST + b"".join(literal_tokens(data)) + md5
 
 
 def _spool_payload(size: int) -> int:
@@ -747,24 +751,21 @@ def _spool_payload(size: int) -> int:
 
 
 class _SpoolCheck:
-    """Builds a :class:`SpoolIndex` while checking that the segments were written in position
+    """Builds a :class:`SpoolIndex` while checking that the answers were written in position
     order, back to back."""
 
     def __init__(self) -> None:
         self.offsets = array("q", [0, 0])  # the root: an empty segment
-        self.frames = array("I", [0, 0])
 
     def add(self, is_dir: bool, size: int, spool_at: int) -> bool:
         if spool_at != self.offsets[-1]:
             return False
-        payload = 1 + len(NEW_DIR_REQUEST) if is_dir else _spool_payload(size)
-        frames = -(-payload // SPOOL_FRAME)
-        self.offsets.append(spool_at + payload + 4 * frames)
-        self.frames.append(self.frames[-1] + frames)
+        n = len(SPOOL_DIR_SEGMENT) if is_dir else _spool_payload(size)
+        self.offsets.append(spool_at + n)
         return True
 
     def done(self, source: SpoolSource) -> SpoolIndex:
-        return SpoolIndex(source, self.offsets, self.frames)
+        return SpoolIndex(source, self.offsets, self.offsets[-1])
 
 
 def literal_tokens(data: bytes, chunk: int = LITERAL_CHUNK) -> Iterator[bytes | memoryview]:

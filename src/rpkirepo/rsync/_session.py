@@ -62,12 +62,14 @@ from rpkirepo.rsync._model import (
     LITERAL_CHUNK,
     NEW_DIR_REQUEST,
     NEW_FILE_REQUEST,
+    SPOOL_FRAME,
     FileList,
     FlistOptions,
     Revision,
     SpoolIndex,
     SpoolSource,
     check_scope,
+    spool_file_offset,
 )
 from rpkirepo.rsync._state import State, transition
 from rpkirepo.rsync._wire import (
@@ -1029,11 +1031,29 @@ class Session:
         self._send_pieces(parts)
         if run_end >= 0:
             assert spool is not None
-            self._flush_data()
-            start, stop = spool.offsets[run_pos + 1], spool.offsets[run_end + 1]
-            self._generated += spool.payload(run_pos + 1, run_end)
-            self._out.append(SpoolRange(spool.source, start, stop - start))
+            self._send_stream(spool, spool.offsets[run_pos + 1], spool.offsets[run_end + 1])
         return True
+
+    def _send_stream(self, spool: SpoolIndex, start: int, stop: int) -> None:
+        """Send bytes ``start`` to ``stop`` of the spool's answer stream: its whole frames in
+        between as a :class:`SpoolRange`, the parts of frames before and after them as data
+        (they join the frames around them, so the client sees frames of the usual size)."""
+        total, source = spool.total, spool.source
+        first = -(-start // SPOOL_FRAME)  # the first whole frame
+        end = stop // SPOOL_FRAME if stop < total else -(-total // SPOOL_FRAME)  # one past the last
+        if end <= first:
+            self._send_data(_stream_bytes(source, start, stop))
+            return
+        whole_start, whole_stop = first * SPOOL_FRAME, min(end * SPOOL_FRAME, total)
+        if start < whole_start:
+            self._send_data(_stream_bytes(source, start, whole_start))
+        self._flush_data()
+        at = spool_file_offset(whole_start) - 4
+        count = spool_file_offset(whole_stop - 1) + 1 - at
+        self._out.append(SpoolRange(source, at, count))
+        self._generated += whole_stop - whole_start
+        if whole_stop < stop:
+            self._send_data(_stream_bytes(source, whole_stop, stop))
 
     def _answer(self, req: _Request) -> None:
         flist, revision, args = self.flist, self.revision, self.args
@@ -1146,6 +1166,16 @@ def _run_end(
                 hi = mid
         k = lo
     return pos + k, length(k)
+
+
+def _stream_bytes(source: SpoolSource, start: int, stop: int) -> bytes:
+    """Bytes ``start`` to ``stop`` of a spool's answer stream, its frame headers left out."""
+    parts = []
+    while start < stop:
+        end = min(stop, (start // SPOOL_FRAME + 1) * SPOOL_FRAME)
+        parts.append(source.read(spool_file_offset(start), end - start))
+        start = end
+    return b"".join(parts)
 
 
 def _claim_bits(seen: bytearray, lo: int, hi: int) -> bool:

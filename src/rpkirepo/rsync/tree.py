@@ -44,6 +44,7 @@ from rpkirepo.errors import LimitExceeded, Reason, RpkiRepoError, StorageError
 from rpkirepo.limits import DEFAULT_LIMITS, Limits
 from rpkirepo.rsync._model import (
     SPOOL_DIR_SEGMENT,
+    SPOOL_FRAME,
     Revision,
     RevisionBuilder,
     spool_segment,
@@ -62,6 +63,8 @@ __all__ = [
 log = logging.getLogger("rpkirepo.rsyncd")
 
 _OPEN_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_DATA_TAG: Final = 7 << 24  # MSG_DATA
+_FULL_FRAME_HEAD: Final = (_DATA_TAG | SPOOL_FRAME).to_bytes(4, "little")
 #: Where the daemon puts revision spools unless told otherwise ($TMPDIR, else /tmp).
 DEFAULT_SPOOL_DIR: Final = Path(tempfile.gettempdir())
 
@@ -70,8 +73,8 @@ class RevisionSpool:
     """The :class:`~rpkirepo.rsync._model.SpoolSource` of one loaded revision: an unlinked
     temporary file (``O_TMPFILE``) in the spool directory, so nothing is left behind by a crash,
     and its space is freed when the last session holding the revision ends.  Written at load
-    (every file's answer), then only appended to (encoded file lists); sent from with
-    ``sendfile`` and read with ``pread``."""
+    (the answer stream: every position's answer, :meth:`add`), then only appended to (encoded
+    file lists, :meth:`append`); sent from with ``sendfile`` and read with ``pread``."""
 
     _FLUSH: Final = 1 << 20
 
@@ -81,7 +84,9 @@ class RevisionSpool:
         self._closer = weakref.finalize(self, os.close, fd)
         self._pending: list[bytes] = []
         self._pending_bytes = 0
-        self._loaded = False
+        self._frame = bytearray()  # the answer stream's frame being filled
+        #: bytes of the answer stream, and of the file (frame headers and lists included)
+        self.stream_size = 0
         self.size = 0
 
     @classmethod
@@ -104,22 +109,47 @@ class RevisionSpool:
             return None
         return cls(fd, directory)
 
-    def append(self, segment: bytes) -> int:
-        """Add ``segment`` at the end (queued while the revision loads, written at once after
-        :meth:`finish`); returns where it starts, or -1 (logged) when it could not be written,
-        and the spool is then as it was before."""
-        at = self.size
-        self._pending.append(segment)
-        self._pending_bytes += len(segment)
-        self.size += len(segment)
-        if (self._loaded or self._pending_bytes >= self._FLUSH) and not self._flush():
-            return -1
+    def add(self, answer: bytes) -> int:
+        """While the revision loads: add ``answer`` to the answer stream, which is written in
+        MSG_DATA frames of :data:`SPOOL_FRAME` bytes; returns where in the stream it starts,
+        or -1 (logged) when the spool could not be written."""
+        at = self.stream_size
+        self.stream_size += len(answer)
+        frame = self._frame
+        frame += answer
+        if len(frame) >= SPOOL_FRAME:
+            view = memoryview(frame)
+            full = len(frame) - len(frame) % SPOOL_FRAME
+            for off in range(0, full, SPOOL_FRAME):
+                self._queue(_FULL_FRAME_HEAD)
+                self._queue(bytes(view[off : off + SPOOL_FRAME]))
+            view.release()
+            del frame[:full]
+            if self._pending_bytes >= self._FLUSH and not self._flush():
+                return -1
         return at
 
+    def append(self, data: bytes) -> int:
+        """After :meth:`finish`: store ``data`` (whole frames) at the end of the file; returns
+        its file offset, or -1 (logged) when it could not be written, and the spool is then as
+        it was before."""
+        at = self.size
+        self._queue(data)
+        return at if self._flush() else -1
+
     def finish(self) -> bool:
-        """Write what is queued; ``False`` (logged) on failure."""
-        self._loaded = True
+        """End the answer stream (its last, shorter frame) and write what is queued; ``False``
+        (logged) on failure."""
+        if self._frame:
+            self._queue((_DATA_TAG | len(self._frame)).to_bytes(4, "little"))
+            self._queue(bytes(self._frame))
+            self._frame.clear()
         return self._flush()
+
+    def _queue(self, data: bytes) -> None:
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        self.size += len(data)
 
     def _flush(self) -> bool:
         data = b"".join(self._pending)
@@ -269,7 +299,7 @@ def load_revision(
         while stack:
             rel, _mtime = stack.pop()
             if rel and spool is not None:
-                at = spool.append(SPOOL_DIR_SEGMENT)
+                at = spool.add(SPOOL_DIR_SEGMENT)
                 if at < 0:
                     spool = None  # could not be written: logged, the revision has none
                 else:
@@ -298,7 +328,7 @@ def load_revision(
                 md5 = hashlib.md5(data, usedforsecurity=False).digest()
                 at = -1
                 if spool is not None:
-                    at = spool.append(spool_segment(data, md5))
+                    at = spool.add(spool_segment(data, md5))
                     if at < 0:
                         spool = None
                 builder.add_file_digest(child, mtime, len(data), md5, at)
