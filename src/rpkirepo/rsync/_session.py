@@ -107,7 +107,9 @@ MIN_PROTOCOL: Final = 27
 SUPPORTED: Final = frozenset({27, 30, 31})
 MAX_DATA_FRAME_OUT: Final = 32768
 MAX_XNAME: Final = 1023
-MAX_INPUT_BACKLOG: Final = 1 << 20
+#: Unparsed input a session takes before it stops reading (a client's generator runs ahead,
+#: sending requests and block sums; they wait in the kernel, not in our memory).
+MAX_INPUT_BACKLOG: Final = 64 * 1024
 _I32: Final = Struct("<i")
 _I32X4: Final = Struct("<4i")
 #: Requests are answered until this much output waits to be sent, then parsing pauses: the

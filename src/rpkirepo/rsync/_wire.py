@@ -135,7 +135,7 @@ class Buffer:
     def commit(self) -> None:
         self.consumed += self._pos - self._mark
         self._mark = self._pos
-        if self._mark > 65536 and self._mark * 2 > len(self._data):
+        if self._mark > 16384 and self._mark * 2 > len(self._data):
             del self._data[: self._mark]
             self._pos -= self._mark
             self._mark = 0

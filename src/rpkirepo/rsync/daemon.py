@@ -43,7 +43,8 @@ __all__ = ["RsyncDaemon", "RsyncdCounters", "serve_rsync"]
 
 log = logging.getLogger("rpkirepo.rsyncd")
 
-READ_SIZE = 65536
+#: Input read at once; the stream reader buffers at most twice this before it stops reading.
+READ_SIZE = 16 * 1024
 #: Output handed to the transport at once.  The next chunk is produced only once the kernel
 #: took the previous one (the transport's buffer is drained to empty), so a session whose
 #: client reads slowly holds at most about one chunk in Python.
@@ -115,7 +116,9 @@ class RsyncDaemon:
         await self.refresh()
         bound: list[tuple[str, int]] = []
         for host, port in listen:
-            server = await asyncio.start_server(self._accept, host, port, reuse_address=True)
+            server = await asyncio.start_server(
+                self._accept, host, port, reuse_address=True, limit=READ_SIZE
+            )
             self._servers.append(server)
             for sock in server.sockets:
                 name = sock.getsockname()
