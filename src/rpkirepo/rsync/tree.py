@@ -76,14 +76,10 @@ class RevisionSpool:
     (the answer stream: every position's answer, :meth:`add`), then only appended to (encoded
     file lists, :meth:`append`); sent from with ``sendfile`` and read with ``pread``."""
 
-    _FLUSH: Final = 1 << 20
-
     def __init__(self, fd: int, where: Path) -> None:
         self.where = where
         self._fd = fd
         self._closer = weakref.finalize(self, os.close, fd)
-        self._pending: list[bytes] = []
-        self._pending_bytes = 0
         self._frame = bytearray()  # the answer stream's frame being filled
         #: bytes of the answer stream, and of the file (frame headers and lists included)
         self.stream_size = 0
@@ -111,63 +107,56 @@ class RevisionSpool:
 
     def add(self, answer: bytes) -> int:
         """While the revision loads: add ``answer`` to the answer stream, which is written in
-        MSG_DATA frames of :data:`SPOOL_FRAME` bytes; returns where in the stream it starts,
-        or -1 (logged) when the spool could not be written."""
+        MSG_DATA frames of :data:`SPOOL_FRAME` bytes, a frame at a time (no buffer beyond the
+        frame being filled: a large one would stay in the allocator's heap after the load);
+        returns where in the stream it starts, or -1 (logged) when the spool could not be
+        written."""
         at = self.stream_size
         self.stream_size += len(answer)
         frame = self._frame
         frame += answer
         if len(frame) >= SPOOL_FRAME:
-            view = memoryview(frame)
             full = len(frame) - len(frame) % SPOOL_FRAME
-            for off in range(0, full, SPOOL_FRAME):
-                self._queue(_FULL_FRAME_HEAD)
-                self._queue(bytes(view[off : off + SPOOL_FRAME]))
-            view.release()
+            with memoryview(frame) as view:
+                for off in range(0, full, SPOOL_FRAME):
+                    if not self._write([_FULL_FRAME_HEAD, view[off : off + SPOOL_FRAME]]):
+                        return -1
             del frame[:full]
-            if self._pending_bytes >= self._FLUSH and not self._flush():
-                return -1
         return at
+
+    def finish(self) -> bool:
+        """End the answer stream (its last, shorter frame); ``False`` (logged) on failure."""
+        frame = self._frame
+        if not frame:
+            return True
+        head = (_DATA_TAG | len(frame)).to_bytes(4, "little")
+        done = self._write([head, frame])
+        self._frame = bytearray()
+        return done
 
     def append(self, data: bytes) -> int:
         """After :meth:`finish`: store ``data`` (whole frames) at the end of the file; returns
         its file offset, or -1 (logged) when it could not be written, and the spool is then as
         it was before."""
         at = self.size
-        self._queue(data)
-        return at if self._flush() else -1
+        return at if self._write([data]) else -1
 
-    def finish(self) -> bool:
-        """End the answer stream (its last, shorter frame) and write what is queued; ``False``
-        (logged) on failure."""
-        if self._frame:
-            self._queue((_DATA_TAG | len(self._frame)).to_bytes(4, "little"))
-            self._queue(bytes(self._frame))
-            self._frame.clear()
-        return self._flush()
-
-    def _queue(self, data: bytes) -> None:
-        self._pending.append(data)
-        self._pending_bytes += len(data)
-        self.size += len(data)
-
-    def _flush(self) -> bool:
-        data = b"".join(self._pending)
-        self._pending.clear()
-        self._pending_bytes = 0
-        start = self.size - len(data)
+    def _write(self, parts: list[bytes | bytearray | memoryview]) -> bool:
+        start = self.size
+        total = sum(len(p) for p in parts)
         try:
-            view = memoryview(data)
-            done = 0
-            while done < len(data):
-                done += os.pwrite(self._fd, view[done:], start + done)
+            done = os.pwritev(self._fd, parts, start)
+            if done < total:  # a short write: the rest from one joined copy
+                whole = memoryview(b"".join(parts))
+                while done < total:
+                    done += os.pwrite(self._fd, whole[done:], start + done)
         except OSError as exc:
             log.warning(
                 "cannot write the spool in %s: %s", self.where, exc.strerror,
                 extra={"reason": Reason.STORAGE_IO.value},
             )  # fmt: skip
-            self.size = start
             return False
+        self.size = start + total
         return True
 
     def read(self, offset: int, size: int) -> bytes:
