@@ -19,6 +19,7 @@ import pytest
 
 from conftest import require_peer
 from peers import rpkirepo_rsyncd
+from rpkirepo.errors import ConfigError, Reason
 from rpkirepo.rsync import Revision, RevisionBuilder, Session, State, _model
 from rpkirepo.rsync._model import (
     SPOOL_DIR_SEGMENT,
@@ -28,7 +29,8 @@ from rpkirepo.rsync._model import (
     spool_segment,
 )
 from rpkirepo.rsync._session import SpoolRange, _stream_bytes
-from rpkirepo.rsync.tree import RevisionSpool, load_revision
+from rpkirepo.rsync.command import parse_spool_dir
+from rpkirepo.rsync.tree import DEFAULT_SPOOL_DIR, RevisionSpool, load_revision
 from test_rsyncd_session import Client, catalog, make_revision, run, split_output
 
 
@@ -220,3 +222,12 @@ def test_real_client_full_sync_through_the_spool(
     assert spooled > 0  # at least the lists; at >= 30 the files' answers too
     if protocol >= 30:
         assert spooled > 0.5 * sum(len(v) for v in files.values())
+
+
+def test_spool_dir_option(tmp_path: Path) -> None:
+    assert parse_spool_dir(None) == DEFAULT_SPOOL_DIR
+    assert parse_spool_dir("off") is None
+    assert parse_spool_dir(str(tmp_path)) == tmp_path
+    with pytest.raises(ConfigError) as exc:
+        parse_spool_dir(str(tmp_path / "missing"))
+    assert exc.value.reason is Reason.CONFIG_INVALID
