@@ -20,6 +20,7 @@ from rpkirepo.errors import LimitExceeded, Reason, RemoteProtocolError, RpkiRepo
 from rpkirepo.limits import DEFAULT_LIMITS
 from rpkirepo.rsync import Revision, RevisionBuilder, Session, SessionEnded, State
 from rpkirepo.rsync._md4 import md4
+from rpkirepo.rsync._model import MemorySource, SpoolSource
 from rpkirepo.rsync._wire import (
     Buffer,
     Msg,
@@ -41,9 +42,19 @@ FILES = {
 }
 
 
-def make_revision(files: dict[str, bytes], name: str = "r1", seed: int = 1234) -> Revision:
+def make_revision(
+    files: dict[str, bytes],
+    name: str = "r1",
+    seed: int = 1234,
+    *,
+    spool: SpoolSource | None = None,
+    spool_at: dict[bytes, int] | None = None,
+) -> Revision:
+    """A revision of ``files`` in memory; with ``spool``, one whose answers are there, at the
+    offsets ``spool_at`` gives per path (test_rsyncd_spool.py)."""
     b = RevisionBuilder(name, max_entries=1_000_000, seed=seed)
     b.set_root_mtime(946684800)
+    at = spool_at or {}
     dirs: set[str] = set()
     for path in sorted(files):
         parts = path.split("/")
@@ -51,9 +62,17 @@ def make_revision(files: dict[str, bytes], name: str = "r1", seed: int = 1234) -
             d = "/".join(parts[:i])
             if d not in dirs:
                 dirs.add(d)
-                b.add_dir(d.encode(), 946684800)
-        b.add_file(path.encode(), 1700000000 + len(path), files[path])
-    return b.build()
+                b.add_dir(d.encode(), 946684800, at.get(d.encode(), -1))
+        if spool is None:
+            b.add_file(path.encode(), 1700000000 + len(path), files[path])
+        else:
+            data = files[path]
+            md5 = hashlib.md5(data).digest()
+            mtime = 1700000000 + len(path)
+            b.add_file_digest(path.encode(), mtime, len(data), md5, at[path.encode()])
+    if spool is None:
+        return b.build()
+    return b.build(MemorySource({k.encode(): v for k, v in files.items()}), spool)
 
 
 RPKI_ARGS = ["--server", "--sender", "-tre.iLsfxCIvu", "--timeout=30", ".", "repo/"]

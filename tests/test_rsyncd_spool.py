@@ -20,11 +20,10 @@ import pytest
 from conftest import require_peer
 from peers import rpkirepo_rsyncd
 from rpkirepo.errors import ConfigError, Reason
-from rpkirepo.rsync import Revision, RevisionBuilder, Session, State, _model
+from rpkirepo.rsync import Revision, Session, State, _model
 from rpkirepo.rsync._model import (
     SPOOL_DIR_SEGMENT,
     SPOOL_FRAME,
-    MemorySource,
     spool_file_offset,
     spool_segment,
 )
@@ -47,20 +46,7 @@ def spooled(files: dict[str, bytes], where: Path) -> tuple[Revision, Revision]:
         else:
             at[path] = spool.add(spool_segment(files[path.decode()], plain.md5(pos)))
     assert spool.finish()
-    b = RevisionBuilder("r1", max_entries=1_000_000, seed=1234)
-    b.set_root_mtime(946684800)
-    dirs: set[str] = set()
-    for path in sorted(files):
-        parts = path.split("/")
-        for i in range(1, len(parts)):
-            d = "/".join(parts[:i])
-            if d not in dirs:
-                dirs.add(d)
-                b.add_dir(d.encode(), 946684800, at[d.encode()])
-        data = files[path]
-        md5 = hashlib.md5(data).digest()
-        b.add_file_digest(path.encode(), 1700000000 + len(path), len(data), md5, at[path.encode()])
-    rev = b.build(MemorySource({k.encode(): v for k, v in files.items()}), spool)
+    rev = make_revision(files, spool=spool, spool_at=at)
     assert rev.spool is not None and rev.spool.source is spool
     return plain, rev
 
