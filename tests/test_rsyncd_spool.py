@@ -217,3 +217,45 @@ def test_spool_dir_option(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         parse_spool_dir(str(tmp_path / "missing"))
     assert exc.value.reason is Reason.CONFIG_INVALID
+
+
+def test_a_spool_that_cannot_be_written_is_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk while loading: the revision loads without a spool.  After the load (an
+    encoded file list appended): that list is sent from memory, the rest of the spool serves."""
+    import errno
+
+    files = random_files(random.Random(3))
+    write_tree(tmp_path / "tree", files)
+    real = os.pwritev
+
+    def full(*args: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwritev", full)
+    with caplog.at_level(logging.WARNING, logger="rpkirepo.rsyncd"):
+        rev = load_revision(tmp_path / "tree", spool_dir=tmp_path)
+    assert rev.spool is None and rev.file_count == len(files)
+    assert any(getattr(r, "reason", None) == "storage-io" for r in caplog.records)
+
+    monkeypatch.setattr(os, "pwritev", real)
+    monkeypatch.setattr(_model, "SPOOL_LIST_MIN", 0)
+    rev = load_revision(tmp_path / "tree", spool_dir=tmp_path)
+    assert rev.spool is not None
+    spool = rev.spool.source
+    size = spool.size  # type: ignore[attr-defined]
+    monkeypatch.setattr(os, "pwritev", full)
+    plain = load_revision(tmp_path / "tree")
+    client = Client(31)
+    probe = Session(catalog(plain))
+    run(probe, client.greeting() + client.args() + client.filters())
+    assert probe.flist is not None
+    is_dir = [probe.flist.is_dir(i) for i in range(len(probe.flist))]
+    data = script(Client(31), is_dir, random.Random(1))
+    session = Session(catalog(rev))
+    got = split_output(run(session, data), 31)
+    want = split_output(run(Session(catalog(plain)), data), 31)
+    assert session.flist is not None and session.flist.spool_at == -1  # not appended
+    assert spool.size == size  # type: ignore[attr-defined]
+    assert (got.stream, got.messages) == (want.stream, want.messages)
