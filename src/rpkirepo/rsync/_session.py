@@ -26,6 +26,12 @@ from those bytes, the bodies and digests joined into one write, with no object p
 anything unusual (end of phase, deletion statistics, basis or alternate names, block sums not
 yet all received, a large file) goes through the general one-request path.
 
+When the revision has a spool (see :func:`~rpkirepo.rsync._model.spool_segment`), a run of a
+full sync's requests (every directory and file in list order, as rsync 3.x asks for them when
+it has nothing yet) is answered with a :class:`SpoolRange`: whole frames of the spool, which
+an I/O layer that can sends with ``sendfile`` (:meth:`Session.output`; :meth:`data_to_send`
+reads them instead).  Large file lists are sent from the spool the same way.
+
 Input is parsed from a commit/rollback buffer, so any split of the byte stream gives the same
 result; every length the client sends is capped by a named :class:`~rpkirepo.limits.Limits`
 field before anything is allocated.  Block sums are skipped as they arrive, never buffered.  While
