@@ -41,7 +41,7 @@ from typing import Final, Protocol
 from rpkirepo.errors import LimitExceeded, Reason, RemoteProtocolError, StorageError
 from rpkirepo.rsync._filters import FilterSet
 from rpkirepo.rsync._md4 import md4
-from rpkirepo.rsync._wire import int32, longint, varint, varlong
+from rpkirepo.rsync._wire import Msg, frame, int32, longint, varint, varlong
 
 __all__ = [
     "DIR_MODE",
@@ -710,17 +710,14 @@ NEW_DIR_REQUEST: Final = b"\x00\x60"
 SPOOL_LIST_MIN: Final = 64 * 1024
 #: The MSG_DATA frames of a spool's answer stream (what rsync itself sends).
 SPOOL_FRAME: Final = 32768
-_DATA_TAG: Final = 7 << 24  # MSG_DATA
 
 
 def _framed(payload: bytes) -> bytes:
     view = memoryview(payload)
-    parts: list[bytes | memoryview] = []
-    for off in range(0, len(payload), SPOOL_FRAME):
-        piece = view[off : off + SPOOL_FRAME]
-        parts.append((_DATA_TAG | len(piece)).to_bytes(4, "little"))
-        parts.append(piece)
-    return b"".join(parts)
+    return b"".join(
+        frame(Msg.DATA, view[off : off + SPOOL_FRAME])
+        for off in range(0, len(payload), SPOOL_FRAME)
+    )
 
 
 def spool_file_offset(x: int) -> int:

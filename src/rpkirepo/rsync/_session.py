@@ -87,6 +87,7 @@ from rpkirepo.rsync._wire import (
     NdxWriter,
     NeedData,
     frame,
+    frame_head,
     frame_header,
     int32,
     longint,
@@ -128,7 +129,7 @@ SMALL_BODY_MAX: Final = 256 * 1024
 SPOOL_RANGE_MAX: Final = 4 << 20
 #: How much buffered input one batch of requests is parsed from.
 BATCH_INPUT: Final = 16384
-_FRAME_HEAD: Final = _I32.pack(((7 + 0) << 24) | MAX_DATA_FRAME_OUT)  # a full MSG_DATA frame
+_FRAME_HEAD: Final = frame_head(Msg.DATA, MAX_DATA_FRAME_OUT)  # a full MSG_DATA frame
 _BYTE: Final = tuple(bytes([i]) for i in range(256))
 _ZERO4: Final = bytes(4)
 

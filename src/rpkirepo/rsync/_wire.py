@@ -230,12 +230,17 @@ def read_vstring(buf: Buffer, limit: int) -> bytes:
     return buf.take(n)
 
 
-def frame(tag: Msg, payload: bytes | bytearray | memoryview) -> bytes:
-    """One multiplexed frame: LE32 ``((MPLEX_BASE + tag) << 24) | len`` + payload."""
-    n = len(payload)
-    if n > MAX_FRAME_PAYLOAD:
+def frame_head(tag: Msg, n: int) -> bytes:
+    """The header of a multiplexed frame of ``n`` bytes: LE32 ``((MPLEX_BASE + tag) << 24) |
+    n``."""
+    if not 0 <= n <= MAX_FRAME_PAYLOAD:
         raise ValueError("frame too long")
-    return _U32.pack(((MPLEX_BASE + tag) << 24) | n) + bytes(payload)
+    return _U32.pack(((MPLEX_BASE + tag) << 24) | n)
+
+
+def frame(tag: Msg, payload: bytes | bytearray | memoryview) -> bytes:
+    """One multiplexed frame: :func:`frame_head` + payload."""
+    return frame_head(tag, len(payload)) + bytes(payload)
 
 
 def frame_header(raw: int) -> tuple[int, int]:

@@ -49,6 +49,7 @@ from rpkirepo.rsync._model import (
     RevisionBuilder,
     spool_segment,
 )
+from rpkirepo.rsync._wire import Msg, frame_head
 from rpkirepo.rsync.md4_native import md4_digest
 
 __all__ = [
@@ -63,8 +64,7 @@ __all__ = [
 log = logging.getLogger("rpkirepo.rsyncd")
 
 _OPEN_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-_DATA_TAG: Final = 7 << 24  # MSG_DATA
-_FULL_FRAME_HEAD: Final = (_DATA_TAG | SPOOL_FRAME).to_bytes(4, "little")
+_FULL_FRAME_HEAD: Final = frame_head(Msg.DATA, SPOOL_FRAME)
 #: Where the daemon puts revision spools unless told otherwise ($TMPDIR, else /tmp).
 DEFAULT_SPOOL_DIR: Final = Path(tempfile.gettempdir())
 
@@ -129,8 +129,7 @@ class RevisionSpool:
         frame = self._frame
         if not frame:
             return True
-        head = (_DATA_TAG | len(frame)).to_bytes(4, "little")
-        done = self._write([head, frame])
+        done = self._write([frame_head(Msg.DATA, len(frame)), frame])
         self._frame = bytearray()
         return done
 
