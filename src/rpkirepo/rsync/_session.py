@@ -49,7 +49,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from struct import Struct
 from typing import Final
@@ -390,28 +390,11 @@ class Session:
         self._out.append(data)
 
     def _send_data(self, data: bytes | bytearray | memoryview) -> None:
-        if not self._muxed_out:
-            self._send_raw(bytes(data))
-            return
-        n = len(data)
-        self._generated += n
-        pending = self._data_out
-        if len(pending) + n < MAX_DATA_FRAME_OUT:
-            pending += data
-            return
-        # Cut into full MSG_DATA frames in one join; the remainder waits for more data.
-        view = memoryview(data)
-        off = MAX_DATA_FRAME_OUT - len(pending)
-        parts: list[bytes | bytearray | memoryview] = [_FRAME_HEAD, pending, view[:off]]
-        while n - off >= MAX_DATA_FRAME_OUT:
-            parts.append(_FRAME_HEAD)
-            parts.append(view[off : off + MAX_DATA_FRAME_OUT])
-            off += MAX_DATA_FRAME_OUT
-        self._queue(b"".join(parts))
-        self._data_out = bytearray(view[off:])
+        self._send_pieces([data])
 
-    def _send_pieces(self, pieces: list[bytes]) -> None:
-        """:meth:`_send_data` of the pieces one after the other, framed with one copy."""
+    def _send_pieces(self, pieces: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Send the pieces one after the other as data: full MSG_DATA frames cut in one join,
+        the rest held until more data comes (or :meth:`_flush_data`)."""
         if not self._muxed_out:
             self._send_raw(b"".join(pieces))
             return
