@@ -232,7 +232,8 @@ class RevisionBuilder:
         self.max_entries = max_entries
         self.seed = seed & 0x7FFFFFFF
         self._root_mtime = 0
-        #: path, is_dir, size, mtime, MD5, where its spool segment starts (-1: none)
+        #: path, is_dir, size, mtime, MD5, where a file's spool segment starts (-1: none;
+        #: directories' are in ``_dir_spool``)
         self._rows: list[tuple[bytes, bool, int, int, bytes, int]] = []
         self._dirs: set[bytes] = {b""}
         self._files: set[bytes] = set()
@@ -251,16 +252,15 @@ class RevisionBuilder:
     def set_root_mtime(self, mtime: int) -> None:
         self._root_mtime = mtime
 
-    def add_dir(self, path: bytes, mtime: int, spool_at: int = -1) -> None:
-        """A directory; ``spool_at``: where its :data:`SPOOL_DIR_SEGMENT` starts in the
-        build's :class:`SpoolSource` (-1: not there, or see :meth:`spool_dir`)."""
+    def add_dir(self, path: bytes, mtime: int) -> None:
         self._check(path)
         self._dirs.add(path)
-        self._rows.append((path, True, DIR_SIZE, mtime, _NO_MD5, spool_at))
+        self._rows.append((path, True, DIR_SIZE, mtime, _NO_MD5, -1))
 
     def spool_dir(self, path: bytes, spool_at: int) -> None:
         """Where the :data:`SPOOL_DIR_SEGMENT` of directory ``path`` (added before or after)
-        starts in the build's :class:`SpoolSource`."""
+        starts in the build's :class:`SpoolSource`.  Apart from :meth:`add_dir`, because the
+        load lists a directory before it visits it (see ``tree.load_revision``)."""
         self._dir_spool[path] = spool_at
 
     def add_file_digest(
@@ -299,7 +299,7 @@ class RevisionBuilder:
         index = _SpoolCheck() if spool is not None else None
         dir_spool = self._dir_spool
         for path, is_dir, size, mtime, md5, spool_at in rows:
-            if is_dir and spool_at < 0:
+            if is_dir:
                 spool_at = dir_spool.get(path, -1)
             if index is not None and not index.add(is_dir, size, spool_at):
                 index = None
