@@ -260,8 +260,8 @@ def load_revision(
     """Walk ``root`` (a revision tree) into a :class:`Revision`; raises :class:`RpkiRepoError`
     (``rsync-bad-name``, ``rsync-revision-unloadable``, a limit) when it cannot be served.
 
-    With ``spool_dir``, every file's answer body is also written, in position order, to a
-    :class:`RevisionSpool` there (see :func:`~rpkirepo.rsync._model.spool_segment`); a spool
+    With ``spool_dir``, every position's full-sync answer is also written, in position order,
+    to a :class:`RevisionSpool` there (see :func:`~rpkirepo.rsync._model.spool_segment`); a spool
     that cannot be made or written (a full disk) is logged and left out, never an error.
     """
     builder = RevisionBuilder(
@@ -279,13 +279,10 @@ def load_revision(
         builder.set_root_mtime(int(os.stat(base).st_mtime))
         # Depth first, per directory its files (by name) then its subdirectories (by name +
         # "/"), each followed by its subtree: the protocol 29 order of positions, so the spool
-        # gets the files in position order.
-        # Depth first, per directory its files (by name) then its subdirectories (by name +
-        # "/"), each followed by its subtree: the protocol 29 order of positions, so the spool
         # gets its segments in position order.
-        stack: list[tuple[bytes, int]] = [(b"", 0)]
+        stack: list[bytes] = [b""]
         while stack:
-            rel, _mtime = stack.pop()
+            rel = stack.pop()
             if rel and spool is not None:
                 at = spool.add(SPOOL_DIR_SEGMENT)
                 if at < 0:
@@ -326,7 +323,7 @@ def load_revision(
             children = [(rel + b"/" + name if rel else name, mtime) for _k, name, mtime in subdirs]
             for child, mtime in children:
                 builder.add_dir(child, mtime)
-            stack.extend(reversed(children))
+            stack.extend(child for child, _mtime in reversed(children))
         if spool is not None and not spool.finish():
             spool = None
     except OSError as exc:
