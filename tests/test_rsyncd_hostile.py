@@ -185,6 +185,7 @@ def test_client_that_stops_reading_frees_its_slot(daemon: RpkirepoRsyncd) -> Non
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     args = [b"--server", b"--sender", b"-tre.iLsfxCIvu", b".", b"repo/big.crl"]
     s.sendall(b"@RSYNCD: 31.0\nrepo\n" + b"".join(a + b"\x00" for a in args) + b"\x00")
+    s.sendall(b"\x0axxh128 md5")  # the checksums it negotiates (``v`` in its info)
     s.sendall(bytes([4, 0, 0, 7]) + b"\x00\x00\x00\x00")  # empty filter list
     s.sendall(bytes([21, 0, 0, 7]) + b"\x01\x00\x80" + b"\x00" * 16 + b"\x00\x00")  # ndx 0
     try:

@@ -271,3 +271,45 @@ def test_compression_and_seed_variants(world: World, protocol: int, options: lis
     with rpkirepo_rsyncd({"repo": world.module_dir}) as d:
         rsync("-rt", *options, f"--protocol={protocol}", d.url("repo/"), f"{dest}/")
     assert tree(dest) == tree(world.module_dir / "current")
+
+
+@pytest.mark.parametrize("protocol", [31, 30])
+@pytest.mark.parametrize(
+    ("client_list", "options", "said"),
+    [
+        (None, [], "Client negotiated checksum: xxh128"),
+        ("md5", [], "Client negotiated checksum: md5"),  # what rsync < 3.2 would use
+        (None, ["--cc=md5"], "Client checksum: md5"),
+        (None, ["--cc=xxh128"], "Client checksum: xxh128"),
+        (None, ["-z"], "Client negotiated compress: zlibx"),
+        (None, ["--zc=zlib"], "Client compress: zlib"),
+    ],
+)  # fmt: skip
+def test_checksum_and_compressor_negotiation(
+    world: World,
+    protocol: int,
+    client_list: str | None,
+    options: list[str],
+    said: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """rsync >= 3.2 negotiates its checksum (and compressor with -z) with us; whatever it
+    ends up with, the whole-file checksums and the ``-c`` list's sums must be right: a second
+    ``-c`` run over files whose mtimes were changed transfers nothing, it only sets times."""
+    if client_list is not None:
+        monkeypatch.setenv("RSYNC_CHECKSUM_LIST", client_list)
+    dest = world.root / "negotiated"
+    with rpkirepo_rsyncd({"repo": world.module_dir}) as d:
+        first = rsync(
+            "-rt", "--debug=nstr", *options, f"--protocol={protocol}", d.url("repo/"), f"{dest}/"
+        )
+        assert said in first.stdout
+        assert tree(dest) == tree(world.module_dir / "current")
+        for f in dest.rglob("*"):
+            if f.is_file():
+                os.utime(f, (1_000_000_000, 1_000_000_000))
+        again = rsync("-rtci", *options, f"--protocol={protocol}", d.url("repo/"), f"{dest}/")
+        changed = [line for line in again.stdout.splitlines() if line[:2] in (">f", "<f")]
+        assert changed == [], again.stdout
+        assert again.stdout.count(".f..t") == len(world.files)
+    assert tree(dest) == tree(world.module_dir / "current")

@@ -20,7 +20,7 @@ from rpkirepo.errors import LimitExceeded, Reason, RemoteProtocolError, RpkiRepo
 from rpkirepo.limits import DEFAULT_LIMITS
 from rpkirepo.rsync import Revision, RevisionBuilder, Session, SessionEnded, State
 from rpkirepo.rsync._md4 import md4
-from rpkirepo.rsync._model import MemorySource, SpoolSource
+from rpkirepo.rsync._model import Checksum, MemorySource, SpoolSource, xxh128
 from rpkirepo.rsync._wire import (
     Buffer,
     Msg,
@@ -31,6 +31,7 @@ from rpkirepo.rsync._wire import (
     read_varint,
     read_varlong,
     varint,
+    vstring,
 )
 
 FILES = {
@@ -78,6 +79,26 @@ def make_revision(
 
 
 RPKI_ARGS = ["--server", "--sender", "-tre.iLsfxCIvu", "--timeout=30", ".", "repo/"]
+#: What rsync 3.x offers when it negotiates (compat.c, default lists without "none").
+CLIENT_CHECKSUMS = b"xxh128 xxh3 xxh64 md5 md4 sha1"
+CLIENT_COMPRESSORS = b"zstd lz4 zlibx zlib"
+
+
+def short_options(argv: Sequence[str]) -> tuple[str, str]:
+    """The letters of the short option cluster, and the client info after its ``e``."""
+    for a in argv:
+        if a.startswith("-") and not a.startswith("--") and "e" in a:
+            letters, _, info = a[1:].partition("e")
+            return letters, info
+    return "", ""
+
+
+def file_sum(data: bytes, protocol: int, argv: Sequence[str] = RPKI_ARGS) -> bytes:
+    """The whole-file checksum a session with this client sends: xxh128 when it negotiates
+    (``v`` in its info), MD5 otherwise, seeded MD4 at protocol 27 (seed 1234)."""
+    if protocol < 30:
+        return md4(int32(1234) + data)
+    return xxh128(data) if "v" in short_options(argv)[1] else hashlib.md5(data).digest()
 
 
 @dataclass
@@ -87,6 +108,8 @@ class Client:
     protocol: int
     argv: Sequence[str] = tuple(RPKI_ARGS)
     rules: Sequence[bytes] = ()
+    checksums: bytes = CLIENT_CHECKSUMS
+    compressors: bytes = CLIENT_COMPRESSORS
 
     def __post_init__(self) -> None:
         self.ndx = NdxWriter()
@@ -97,7 +120,20 @@ class Client:
 
     def args(self) -> bytes:
         sep = b"\x00" if self.protocol >= 30 else b"\n"
-        return b"".join(a.encode() + sep for a in self.argv) + sep
+        return b"".join(a.encode() + sep for a in self.argv) + sep + self.negotiation()
+
+    def negotiation(self) -> bytes:
+        """The name lists rsync >= 3.2 sends (before it multiplexes) when it negotiates."""
+        letters, info = short_options(self.argv)
+        if self.protocol < 30 or "v" not in info:
+            return b""
+        out = b""
+        if not any(a.startswith("--checksum-choice=") for a in self.argv):
+            out += vstring(self.checksums)
+        compress_choice = ("--compress-choice=", "--new-compress", "--old-compress")
+        if "z" in letters and not any(a.startswith(compress_choice) for a in self.argv):
+            out += vstring(self.compressors)
+        return out
 
     def data(self, payload: bytes) -> bytes:
         if self.protocol < 30:
@@ -153,11 +189,26 @@ class Decoded:
     seed: int
     messages: list[tuple[int, bytes]]
     stream: bytes
+    compat: int = 0
+    lists: tuple[bytes, ...] = ()  # the name lists the server offered
+
+
+#: What our server offers when a client negotiates.
+SERVER_LISTS = (b"xxh128 md5", b"zlibx zlib")
 
 
 def split_output(out: bytes, protocol: int) -> Decoded:
     ok = out.index(b"@RSYNCD: OK\n") + len(b"@RSYNCD: OK\n")
-    pos = ok + (1 if protocol >= 30 else 0)
+    pos, compat, lists = ok, 0, []
+    if protocol >= 30:
+        head = Buffer()
+        head.feed(out[ok : ok + 2])
+        compat = read_varint(head)
+        head.commit()
+        pos += head.consumed
+        while compat & 0x80 and any(out.startswith(vstring(x), pos) for x in SERVER_LISTS):
+            lists.append(out[pos + 1 : pos + 1 + out[pos]])
+            pos += 1 + out[pos]
     seed = int.from_bytes(out[pos : pos + 4], "little", signed=True)
     pos += 4
     stream, messages = bytearray(), []
@@ -171,18 +222,25 @@ def split_output(out: bytes, protocol: int) -> Decoded:
         else:
             messages.append((tag, payload))
         pos += 4 + n
-    return Decoded(out[:ok], seed, messages, bytes(stream))
+    return Decoded(out[:ok], seed, messages, bytes(stream), compat, tuple(lists))
 
 
-def decode_flist_31(buf: Buffer) -> list[tuple[str, int, int, int]]:
+def decode_flist_31(buf: Buffer, varint_flags: bool = True) -> list[tuple[str, int, int, int]]:
+    """A protocol >= 30 file list; ``varint_flags``: as sent to a client that negotiated."""
     entries: list[tuple[str, int, int, int]] = []
     name, mode, mtime = b"", 0, 0
     while True:
-        flags = buf.u8()
-        if flags == 0:
-            return entries
-        if flags & 0x04:
-            flags |= buf.u8() << 8
+        if varint_flags:
+            flags = read_varint(buf)
+            if flags == 0:
+                assert read_varint(buf) == 0  # io_error
+                return entries
+        else:
+            flags = buf.u8()
+            if flags == 0:
+                return entries
+            if flags & 0x04:
+                flags |= buf.u8() << 8
         prefix = buf.u8() if flags & 0x20 else 0
         n = read_varint(buf) if flags & 0x40 else buf.u8()
         name = name[:prefix] + buf.take(n)
@@ -213,15 +271,19 @@ def read_file_response(
 
 @pytest.mark.parametrize("protocol", [31, 30, 27])
 @pytest.mark.parametrize("step", [None, 1, 7])
-def test_full_session_any_split(protocol: int, step: int | None) -> None:
+@pytest.mark.parametrize("info", [".iLsfxCIvu", ".iLsfxCIu"])
+def test_full_session_any_split(protocol: int, step: int | None, info: str) -> None:
+    """With ``v`` in its info the client negotiates (xxh128, varint list flags); without it, it
+    gets MD5 and byte flags, as rsync < 3.2 does."""
+    argv = ["--server", "--sender", f"-tre{info}", "--timeout=30", ".", "repo/"]
     rev = make_revision(FILES)
-    client = Client(protocol)
+    client = Client(protocol, argv=argv)
     # Requests for every regular file, in index order of the list the server sends.
     probe = Session(catalog(rev))
     run(probe, client.greeting() + client.args() + client.filters())
     assert probe.flist is not None
     regular = [i for i in range(len(probe.flist)) if not probe.flist.is_dir(i)]
-    client = Client(protocol)
+    client = Client(protocol, argv=argv)
     script = client.greeting() + client.args() + client.filters()
     script += b"".join(client.request(i) for i in regular) + client.dones()
     session = Session(catalog(rev))
@@ -238,11 +300,15 @@ def test_full_session_any_split(protocol: int, step: int | None) -> None:
     assert (d.stream, d.messages) == (whole.stream, whole.messages)
     assert d.greeting.startswith(b"@RSYNCD: 31.0\n")
     assert d.seed == 1234 and d.messages == []
+    negotiated = protocol >= 30 and "v" in info
+    assert (d.compat & 0x80 != 0, d.lists) == (
+        (True, (b"xxh128 md5",)) if negotiated else (False, ())
+    )
     buf = Buffer()
     buf.feed(d.stream)
     names = [rev.list_name(probe.flist, i).decode() for i in range(len(probe.flist))]
     if protocol >= 30:
-        listed = decode_flist_31(buf)
+        listed = decode_flist_31(buf, negotiated)
         assert [x[0] for x in listed] == names
         assert names == [
             ".",
@@ -279,8 +345,7 @@ def test_full_session_any_split(protocol: int, step: int | None) -> None:
         ndx, data, checksum = read_file_response(buf, protocol, reader)
         name = names[ndx]
         assert ndx == i and data == FILES[name]
-        expected = hashlib.md5(data).digest() if protocol >= 30 else md4(int32(1234) + data)
-        assert checksum == expected
+        assert checksum == file_sum(data, protocol, argv)
 
 
 @pytest.mark.parametrize("protocol", [31, 27])
@@ -396,9 +461,9 @@ def test_greeting_and_module_refusals(data: bytes, reason: Reason) -> None:
 
 
 def _refused_after_ok(
-    protocol: int, tail: bytes, argv: Sequence[str] = tuple(RPKI_ARGS)
+    protocol: int, tail: bytes, argv: Sequence[str] = tuple(RPKI_ARGS), client: Client | None = None
 ) -> tuple[Reason, bytes, Session]:
-    client = Client(protocol, argv=argv)
+    client = client or Client(protocol, argv=argv)
     session = Session(catalog(make_revision(FILES)))
     out = session.data_to_send()
     with pytest.raises((RemoteProtocolError, LimitExceeded)) as exc:
@@ -429,6 +494,100 @@ def test_argument_refusals_reach_the_client(protocol: int, argv: list[str], reas
     tag = Msg.ERROR if protocol >= 30 else Msg.ERROR_XFER
     assert len(d.messages) == 1 and d.messages[0][0] == tag
     assert d.messages[0][1].startswith(b"rsync: ") and d.messages[0][1].endswith(b"\n")
+
+
+def _one_file_session(client: Client) -> tuple[Decoded, Session]:
+    """A whole session asking for every regular file of FILES; the decoded output."""
+    session = Session(catalog(make_revision(FILES)))
+    head = run(session, client.greeting() + client.args() + client.filters())
+    assert session.flist is not None, split_output(head, client.protocol).messages
+    regular = [i for i in range(len(session.flist)) if not session.flist.is_dir(i)]
+    out = head + run(session, b"".join(client.request(i) for i in regular) + client.dones())
+    assert session.state is State.DONE
+    return split_output(out, client.protocol), session
+
+
+def _sums(d: Decoded, session: Session, varint_flags: bool) -> dict[str, bytes]:
+    buf = Buffer()
+    buf.feed(d.stream)
+    decode_flist_31(buf, varint_flags)
+    assert session.flist is not None
+    reader, sums = NdxReader(), {}
+    for _ in range(sum(1 for i in range(len(session.flist)) if not session.flist.is_dir(i))):
+        ndx, data, checksum = read_file_response(buf, 31, reader)
+        assert session.revision is not None
+        sums[session.revision.list_name(session.flist, ndx).decode()] = checksum
+        assert data == FILES[session.revision.list_name(session.flist, ndx).decode()]
+    return sums
+
+
+@pytest.mark.parametrize(
+    ("checksums", "expected"),
+    [
+        (CLIENT_CHECKSUMS, "xxh128"),
+        (b"xxh3 md5 md4", "md5"),  # an older xxhash: no xxh128
+        (b"md5", "md5"),  # RSYNC_CHECKSUM_LIST=md5
+        (b"md4 md5", "md5"),
+    ],
+)
+def test_checksum_negotiation_picks_the_first_offer_the_client_has(
+    checksums: bytes, expected: str
+) -> None:
+    d, session = _one_file_session(Client(31, checksums=checksums))
+    assert d.compat & 0x80 and d.lists == (b"xxh128 md5",)
+    assert session.checksum.value == expected
+    digest = xxh128 if expected == "xxh128" else (lambda b: hashlib.md5(b).digest())
+    assert _sums(d, session, True) == {name: digest(data) for name, data in FILES.items()}
+
+
+@pytest.mark.parametrize(
+    ("argv", "lists", "expected"),
+    [
+        # The client chose itself: nothing of it is negotiated (no list either way).
+        (["-tre.iLsfxCIvu", "--checksum-choice=md5"], (), "md5"),
+        (["-tre.iLsfxCIvu", "--checksum-choice=xxh128"], (), "xxh128"),
+        (["-trze.iLsfxCIvu"], (b"xxh128 md5", b"zlibx zlib"), "xxh128"),
+        (["-trze.iLsfxCIvu", "--new-compress"], (b"xxh128 md5",), "xxh128"),
+        (["-trze.iLsfxCIvu", "--compress-choice=zlib"], (b"xxh128 md5",), "xxh128"),
+        (["-trze.iLsfxCIvu", "--checksum-choice=md5", "--old-compress"], (), "md5"),
+        # No ``v``: an rsync before 3.2, MD5 and byte flags.
+        (["-trze.iLsfxCIu"], (), "md5"),
+    ],
+)
+def test_only_what_the_client_left_open_is_negotiated(
+    argv: list[str], lists: tuple[bytes, ...], expected: str
+) -> None:
+    client = Client(31, argv=["--server", "--sender", *argv, ".", "repo/"])
+    d, session = _one_file_session(client)
+    assert d.lists == lists and session.checksum.value == expected
+    assert bool(d.compat & 0x80) == ("v" in short_options(client.argv)[1])
+
+
+@pytest.mark.parametrize(
+    ("client", "detail"),
+    [
+        (Client(31, checksums=b"sha1 md4"), b"checksum choice"),
+        (Client(30, checksums=b""), b"checksum choice"),
+        (
+            Client(31, argv=["--server", "--sender", "-trze.iLsfxCIvu", ".", "repo/"],
+                   compressors=b"zstd lz4"),
+            b"compress choice",
+        ),
+    ],
+)  # fmt: skip
+def test_a_failed_negotiation_reaches_the_client(client: Client, detail: bytes) -> None:
+    got, out, _ = _refused_after_ok(client.protocol, b"", client.argv, client)
+    assert got is Reason.RSYNC_NEGOTIATION
+    d = split_output(out, client.protocol)
+    assert d.lists and d.seed == 0  # our lists, then a seed, then the error
+    assert len(d.messages) == 1 and d.messages[0][0] == Msg.ERROR
+    assert detail in d.messages[0][1]
+
+
+def test_an_oversized_name_list_is_refused() -> None:
+    client = Client(31, checksums=b"md5 " * 70)  # 280 bytes: over rsync's 255
+    got, _out, _ = _refused_after_ok(31, b"", client.argv, client)
+    assert got is Reason.RSYNC_FRAME
 
 
 def test_argument_flood_is_cut_off_bounded() -> None:
@@ -581,7 +740,7 @@ def test_missing_path_sends_the_rsync_error_and_an_empty_list() -> None:
     out = run(session, client.greeting() + client.args() + client.filters())
     d = split_output(out, 31)
     assert d.messages[0][0] == Msg.ERROR_XFER and b"link_stat" in d.messages[0][1]
-    assert d.stream == b"\x00"
+    assert d.stream == b"\x00\x00"  # varint flags: the end, then io_error 0
     assert session.finished
     assert session.next_event() is not None
 
@@ -724,9 +883,9 @@ def test_only_the_default_compression_level_is_cached() -> None:
     pos = rev.find(b"a.cer")
     assert pos is not None
     for level in range(1, 10):
-        rev.response_body(pos, 31, level, rev.seed)
+        rev.response_body(pos, Checksum.MD5, level, rev.seed)
     assert list(rev._deflated) == [pos]
-    stream = rev.response_body(pos, 31, 9, rev.seed)
+    stream = rev.response_body(pos, Checksum.MD5, 9, rev.seed)
     assert stream.endswith(hashlib.md5(FILES["a.cer"]).digest())
 
 

@@ -8,7 +8,6 @@ revisions loaded from disk the way the daemon loads them.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from rpkirepo.errors import Reason, StorageError
 from rpkirepo.rsync import Revision, Session, State
+from rpkirepo.rsync._model import xxh128
 from rpkirepo.rsync._wire import Buffer, Msg, NdxReader
 from rpkirepo.rsync.tree import ModuleWatcher, RevisionFiles, load_revision
 from test_rsyncd_session import (
@@ -69,7 +69,7 @@ def bodies(out: bytes, regular: list[int], names: list[bytes]) -> dict[str, byte
     reader = NdxReader()
     for _ in regular:
         ndx, data, checksum = read_file_response(buf, 31, reader)
-        assert checksum == hashlib.md5(data).digest()
+        assert checksum == xxh128(data)
         got[names[ndx].decode()] = data
     return got
 

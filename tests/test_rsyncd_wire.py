@@ -270,7 +270,7 @@ def test_argument_effects() -> None:
         (["--server", "--sender", "-rR", ".", "repo/"], Reason.RSYNC_ARGUMENT),
         (["--server", "--sender", "--files-from=-", ".", "repo/"], Reason.RSYNC_ARGUMENT),
         (["--server", "--sender", "--iconv=x", ".", "repo/"], Reason.RSYNC_ARGUMENT),
-        (["--server", "--sender", "--checksum-choice=xxh128", ".", "repo/"], Reason.RSYNC_ARGUMENT),
+        (["--server", "--sender", "--checksum-choice=xxh3", ".", "repo/"], Reason.RSYNC_ARGUMENT),
         (["--server", "--sender", "--compress-choice=zstd", ".", "repo/"], Reason.RSYNC_ARGUMENT),
         (["--server", "--sender", "--compress-threads=256", ".", "repo/"], Reason.RSYNC_ARGUMENT),
         (["--server", "--sender", "--max-size=99999999999999999999999", ".", "repo/"],
@@ -289,10 +289,19 @@ def test_refused_arguments(argv: list[str], reason: Reason) -> None:
     assert exc.value.reason is reason
 
 
-def test_checksum_choice_md5_only_at_30() -> None:
-    args("--server", "--sender", "-r", "--checksum-choice=md5", ".", "r/")
-    with pytest.raises(RemoteProtocolError):
-        args("--server", "--sender", "-r", "--checksum-choice=md5", ".", "r/", protocol=27)
+def test_checksum_choice_md5_or_xxh128_at_30() -> None:
+    for name in ("md5", "xxh128"):
+        got = args("--server", "--sender", "-r", f"--checksum-choice={name}", ".", "r/")
+        assert got.checksum_choice == name
+        with pytest.raises(RemoteProtocolError):
+            args("--server", "--sender", "-r", f"--checksum-choice={name}", ".", "r/", protocol=27)
+    assert (
+        args("--server", "--sender", "-rz", "--new-compress", ".", "r/").compress_choice == "zlibx"
+    )
+    assert (
+        args("--server", "--sender", "-rz", "--old-compress", ".", "r/").compress_choice == "zlib"
+    )
+    assert args("--server", "--sender", "-rz", ".", "r/").compress_choice == ""
 
 
 # --- names a revision may hold (rsync-wire §8 output safety) ---

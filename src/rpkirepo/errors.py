@@ -183,6 +183,7 @@ class Reason(StrEnum):
     RSYNC_MODULE_NAME = "rsync-module-name"
     RSYNC_UNKNOWN_MODULE = "rsync-unknown-module"
     RSYNC_ARGUMENT = "rsync-argument-refused"
+    RSYNC_NEGOTIATION = "rsync-negotiation-failed"
     RSYNC_READ_ONLY = "rsync-read-only"
     RSYNC_PATH = "rsync-path-refused"
     RSYNC_NO_SUCH_PATH = "rsync-no-such-path"

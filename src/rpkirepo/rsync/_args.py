@@ -63,6 +63,10 @@ class ServerArgs:
     timeout: int = 0
     client_info: str = ""
     path: bytes = b""
+    #: what the client chose itself (``--checksum-choice``, ``--compress-choice`` and its
+    #: aliases); only what it left empty is negotiated (compat.c ``negotiate_the_strings``)
+    checksum_choice: str = ""
+    compress_choice: str = ""
 
     def __post_init__(self) -> None:
         if not 0 <= self.compress_level <= 9:
@@ -132,6 +136,8 @@ def parse_server_args(raw: Sequence[bytes], protocol: int) -> ServerArgs:
         timeout=int(flags.get("timeout", 0)),  # type: ignore[call-overload]
         client_info=str(flags.get("client_info", "")),
         path=path,
+        checksum_choice=str(flags.get("checksum_choice", "")),
+        compress_choice=str(flags.get("compress_choice", "")),
     )
 
 
@@ -163,6 +169,7 @@ def _long_option(arg: str, protocol: int, flags: dict[str, object]) -> None:
             flags["numeric_ids"] = True
         elif arg in ("--new-compress", "--old-compress"):
             flags["z"] = True  # = --compress with zlibx / zlib: the same stream for us
+            flags["compress_choice"] = "zlibx" if arg == "--new-compress" else "zlib"
         return
     if not eq:
         raise _refuse(f"{arg}: option not supported by this server", arg)
@@ -173,12 +180,14 @@ def _long_option(arg: str, protocol: int, flags: dict[str, object]) -> None:
     elif name == "--checksum-seed":
         flags["checksum_seed"] = _number(name, value, 0, 0x7FFFFFFF)
     elif name == "--checksum-choice":
-        if value != "md5" or protocol < 30:
-            raise _refuse(f"{arg}: only md5 is supported (protocol >= 30)", arg)
+        if value not in ("md5", "xxh128") or protocol < 30:
+            raise _refuse(f"{arg}: only md5 and xxh128 are supported (protocol >= 30)", arg)
+        flags["checksum_choice"] = value
     elif name == "--compress-choice":
         if value not in ("zlib", "zlibx"):
             raise _refuse(f"{arg}: only zlib and zlibx are supported", arg)
         flags["z"] = True  # a client that names a compressor compresses
+        flags["compress_choice"] = value
     elif name in _SIZES:
         if len(value) > _MAX_NUMBER_TEXT or not _SIZE_RE.fullmatch(value):
             raise _refuse(f"{name}: a size is required", name)

@@ -36,7 +36,10 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Final, Protocol
+
+import xxhash
 
 from rpkirepo.errors import LimitExceeded, Reason, RemoteProtocolError, StorageError
 from rpkirepo.rsync._filters import FilterSet
@@ -46,7 +49,9 @@ from rpkirepo.rsync._wire import Msg, frame, int32, longint, varint, varlong
 __all__ = [
     "DIR_MODE",
     "FILE_MODE",
+    "SPOOL_CHECKSUM",
     "BodySource",
+    "Checksum",
     "Entry",
     "FileList",
     "FlistOptions",
@@ -59,6 +64,7 @@ __all__ = [
     "spool_file_offset",
     "spool_segment",
     "validate_name",
+    "xxh128",
 ]
 
 DIR_MODE: Final = 0o040755
@@ -90,6 +96,23 @@ DEFLATE_CACHE_BYTES: Final = 4 * 1024 * 1024
 _NO_MD5: Final = bytes(16)
 _ZERO4: Final = bytes(4)
 _TAIL_NONE: Final = bytes(20)
+
+
+class Checksum(Enum):
+    """The whole-file checksum a session uses (after each file's tokens, and in ``-c`` file
+    lists): MD4 at protocol 27, MD5 at >= 30, or what the client and we negotiated at >= 30
+    (rsync compat.c ``negotiate_the_strings``; the names are rsync's)."""
+
+    MD4 = "md4"
+    MD5 = "md5"
+    XXH128 = "xxh128"
+
+
+def xxh128(data: bytes | memoryview) -> bytes:
+    """rsync's ``xxh128`` digest of ``data``: XXH3-128 without a seed, the low 64 bits then the
+    high 64 bits, each little-endian (checksum.c ``sum_end``), i.e. the 128-bit value
+    little-endian."""
+    return xxhash.xxh3_128_intdigest(data).to_bytes(16, "little")
 
 
 def validate_name(path: bytes) -> None:
@@ -190,6 +213,10 @@ class FlistOptions:
     gid: bool
     checksum: bool
     filters: tuple[bytes, ...]
+    #: the flags of each entry as a varint and a two-varint end (CF_VARINT_FLIST_FLAGS, set
+    #: when the checksum is negotiated), and the checksum ``-c`` lists carry
+    varint_flags: bool = False
+    digest: Checksum = Checksum.MD5
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,6 +409,7 @@ class Revision:
     _flists: dict[FlistOptions, FileList] = field(default_factory=dict, repr=False)
     _md4: bytearray | None = field(default=None, repr=False)
     _md4_seeded: bytearray | None = field(default=None, repr=False)
+    _xxh: bytearray | None = field(default=None, repr=False)
     _deflated: OrderedDict[int, bytes] = field(default_factory=OrderedDict, repr=False)
     _deflated_bytes: int = 0
 
@@ -426,48 +454,58 @@ class Revision:
         size = self.sizes[pos]
         return self.source.read(self.path(pos), 0, size, size)
 
-    def flist_sum(self, pos: int, protocol: int) -> bytes:
-        """The ``-c`` sum in a file list: MD5(data) at >= 30, MD4(data) at 27 (computed on
-        first use, then cached)."""
-        if protocol >= 30:
+    def flist_sum(self, pos: int, checksum: Checksum) -> bytes:
+        """The ``-c`` sum in a file list: MD5(data), XXH128(data) or, at protocol 27,
+        MD4(data) (the last two computed on first use, then cached)."""
+        if checksum is Checksum.MD5:
             return self.md5(pos)
+        if checksum is Checksum.XXH128:
+            if self._xxh is None:
+                self._xxh = bytearray(16 * self.count)
+            return self._cached(self._xxh, pos, xxh128)
         if self._md4 is None:
             self._md4 = bytearray(16 * self.count)
-        return self._cached_md4(self._md4, pos, b"")
+        return self._cached(self._md4, pos, self.md4)
 
-    def _cached_md4(self, table: bytearray, pos: int, prefix: bytes) -> bytes:
-        # A zero slot means "not computed yet" (an MD4 of all zero bytes is 2^-128 likely, and
-        # then merely recomputed).
+    def _cached(
+        self, table: bytearray, pos: int, digest: Callable[[bytes], bytes], prefix: bytes = b""
+    ) -> bytes:
+        # A zero slot means "not computed yet" (a digest of all zero bytes is 2^-128 likely,
+        # and then merely recomputed).
         cached = bytes(table[16 * pos : 16 * pos + 16])
         if cached == _NO_MD5:
-            cached = self.md4(prefix + self.content(pos))
+            cached = digest(prefix + self.content(pos))
             table[16 * pos : 16 * pos + 16] = cached
         return cached
 
-    def transfer_sum(self, pos: int, protocol: int, seed: int) -> bytes:
-        """The whole-file checksum after the tokens: MD5(data) at >= 30; MD4(seed_le32 || data)
-        at 27 (cached for the revision's own seed)."""
-        if protocol >= 30:
+    def transfer_sum(self, pos: int, checksum: Checksum, seed: int) -> bytes:
+        """The whole-file checksum after the tokens: MD5(data); XXH128(data) (computed each
+        time: the caller usually holds the data, see :meth:`response_body`); at protocol 27
+        MD4(seed_le32 || data) (cached for the revision's own seed)."""
+        if checksum is Checksum.MD5:
             return self.md5(pos)
+        if checksum is Checksum.XXH128:
+            return xxh128(self.content(pos))
         if seed != self.seed:
             return self.md4(int32(seed) + self.content(pos))
         if self._md4_seeded is None:
             self._md4_seeded = bytearray(16 * self.count)
-        return self._cached_md4(self._md4_seeded, pos, int32(seed))
+        return self._cached(self._md4_seeded, pos, self.md4, int32(seed))
 
-    def deflated(self, pos: int, level: int) -> bytes:
+    def deflated(self, pos: int, level: int, data: bytes | None = None) -> bytes:
         """The ``-z`` token stream for the whole file as literal data, compressed on demand.
         Cached at the default level only (what RPs use), least recently used out beyond
         ``deflate_cache_bytes``: caching every level a client may ask for, or everything, would
-        let clients multiply the revision's memory."""
+        let clients multiply the revision's memory.  ``data``: the file's bytes, when the caller
+        has them already."""
         if level != DEFAULT_COMPRESS_LEVEL:
-            return deflate_tokens(self.content(pos), level)
+            return deflate_tokens(self.content(pos) if data is None else data, level)
         cache = self._deflated
         cached = cache.get(pos)
         if cached is not None:
             cache.move_to_end(pos)
             return cached
-        tokens = deflate_tokens(self.content(pos), level)
+        tokens = deflate_tokens(self.content(pos) if data is None else data, level)
         if len(tokens) <= self.deflate_cache_bytes // 8:
             cache[pos] = tokens
             self._deflated_bytes += len(tokens)
@@ -475,11 +513,15 @@ class Revision:
                 self._deflated_bytes -= len(cache.popitem(last=False)[1])
         return tokens
 
-    def response_body(self, pos: int, protocol: int, level: int, seed: int) -> bytes:
+    def response_body(self, pos: int, checksum: Checksum, level: int, seed: int) -> bytes:
         """Everything sent for a file after the sum head echo: its token stream (literal, or
         deflated at ``level`` > 0) and the whole-file checksum."""
+        if checksum is Checksum.XXH128:
+            data = self.content(pos)
+            tokens = self.deflated(pos, level, data) if level else b"".join(literal_tokens(data))
+            return tokens + xxh128(data)
         tokens = self.deflated(pos, level) if level else b"".join(literal_tokens(self.content(pos)))
-        return tokens + self.transfer_sum(pos, protocol, seed)
+        return tokens + self.transfer_sum(pos, checksum, seed)
 
     # --- file lists ---------------------------------------------------------------------
 
@@ -503,7 +545,8 @@ class Revision:
         target = scope.rstrip(b"/")
         pos = self.find(target)
         if pos is None or (contents and not self.is_dir(pos)):
-            return FileList(array("i"), b"", b"\x00", missing=True)
+            end = b"\x00\x00" if opts.varint_flags and opts.protocol >= 30 else b"\x00"
+            return FileList(array("i"), b"", end, missing=True)
         ids = array("i")
         top, top_name, strip, prefix = pos, b".", 0, b""
         if self.is_dir(pos) and contents:
@@ -531,7 +574,7 @@ class Revision:
         dirs = bytes(self.dirs[p] for p in ids)
         shape = (
             opts.protocol, opts.uid, opts.gid, opts.checksum, opts.recursive,
-            top, top_name, strip, prefix,
+            opts.varint_flags, opts.digest, top, top_name, strip, prefix,
         )  # fmt: skip
         for other in self._flists.values():
             if other.shape == shape and other.ids == ids:
@@ -592,6 +635,7 @@ def encode_file_list(
     root (flagged TOP_DIR when it is a directory), sent as ``top_name``."""
     out = bytearray()
     proto = opts.protocol
+    varint_flags = opts.varint_flags and proto >= 30
     names, ends, dirs, sizes, mtimes = (
         revision.names, revision.ends, revision.dirs, revision.sizes, revision.mtimes,
     )  # fmt: skip
@@ -634,13 +678,16 @@ def encode_file_list(
                 flags |= XMIT_LONG_NAME
             if is_dir and pos != top and not opts.recursive:
                 flags |= XMIT_NO_CONTENT_DIR
-            if flags == 0 and not is_dir:
-                flags |= XMIT_TOP_DIR
-            if flags == 0 or flags & 0xFF00:
-                flags |= XMIT_EXTENDED_FLAGS
-                out += bytes([flags & 0xFF, flags >> 8])
+            if varint_flags:
+                out += varint(flags or XMIT_EXTENDED_FLAGS)  # never 0: that ends the list
             else:
-                out.append(flags)
+                if flags == 0 and not is_dir:
+                    flags |= XMIT_TOP_DIR
+                if flags == 0 or flags & 0xFF00:
+                    flags |= XMIT_EXTENDED_FLAGS
+                    out += bytes([flags & 0xFF, flags >> 8])
+                else:
+                    out.append(flags)
         if n:
             out.append(n)
         if proto < 30:
@@ -662,7 +709,7 @@ def encode_file_list(
             if not flags & XMIT_SAME_GID:
                 out += int32(0)
             if opts.checksum:
-                out += revision.flist_sum(pos, proto) if not is_dir else _NO_MD5
+                out += revision.flist_sum(pos, Checksum.MD4) if not is_dir else _NO_MD5
         else:
             out += varlong(size, 3)
             if not flags & XMIT_SAME_TIME:
@@ -674,10 +721,10 @@ def encode_file_list(
             if not flags & XMIT_SAME_GID:
                 out += varint(0)
             if opts.checksum and not is_dir:
-                out += revision.flist_sum(pos, proto)
+                out += revision.flist_sum(pos, opts.digest)
         last_name, last_mode, last_time = name, mode, mtime
         first = False
-    out.append(0)
+    out += b"\x00\x00" if varint_flags else b"\x00"  # varint flags: 0, then io_error 0
     return bytes(out)
 
 
@@ -731,16 +778,22 @@ def spool_file_offset(x: int) -> int:
 SPOOL_DIR_SEGMENT: Final = b"\x01" + NEW_DIR_REQUEST
 
 
-def spool_segment(data: bytes, md5: bytes) -> bytes:
+#: The checksum the answers in a spool end with.  Every rsync >= 3.2 client (what RPs run)
+#: negotiates it; a session with another checksum answers on the general path.
+SPOOL_CHECKSUM: Final = Checksum.XXH128
+
+
+def spool_segment(data: bytes) -> bytes:
     """A file's answer in a revision's spool, when the request for it is a full sync's, made
     right after the request for the position before it: the echo of the request (index delta
     1, :data:`NEW_FILE_REQUEST`), the literal token stream of the whole file, its end
-    (``int32 0``) and the MD5, what a protocol >= 30 answer without ``-z`` sends.
+    (``int32 0``) and its :data:`SPOOL_CHECKSUM`, what a protocol >= 30 answer without ``-z``
+    sends.
 
     A full sync asks for every directory and file in list order, so the answers to a run of
     its requests are a contiguous part of the spool's answer stream, sent as it is
     (``sendfile``), with no work per file (see ``rpkirepo.rsync._session``)."""
-    return b"\x01" + NEW_FILE_REQUEST + b"".join(literal_tokens(data)) + md5
+    return b"\x01" + NEW_FILE_REQUEST + b"".join(literal_tokens(data)) + xxh128(data)
 
 
 def _spool_payload(size: int) -> int:

@@ -54,6 +54,8 @@ from dataclasses import dataclass
 from struct import Struct
 from typing import Final
 
+import xxhash
+
 from rpkirepo.errors import (
     LimitExceeded,
     LocalProtocolError,
@@ -68,7 +70,9 @@ from rpkirepo.rsync._model import (
     LITERAL_CHUNK,
     NEW_DIR_REQUEST,
     NEW_FILE_REQUEST,
+    SPOOL_CHECKSUM,
     SPOOL_FRAME,
+    Checksum,
     FileList,
     FlistOptions,
     Revision,
@@ -76,6 +80,7 @@ from rpkirepo.rsync._model import (
     SpoolSource,
     check_scope,
     spool_file_offset,
+    xxh128,
 )
 from rpkirepo.rsync._state import State, transition
 from rpkirepo.rsync._wire import (
@@ -95,6 +100,7 @@ from rpkirepo.rsync._wire import (
     read_vstring,
     varint,
     varlong,
+    vstring,
 )
 
 __all__ = [
@@ -137,9 +143,19 @@ _ZERO4: Final = bytes(4)
 ITEM_BASIS_TYPE_FOLLOWS: Final = 1 << 11
 ITEM_XNAME_FOLLOWS: Final = 1 << 12
 ITEM_TRANSFER: Final = 1 << 15
-# compat.c CF_* bits we may set (never INC_RECURSE, VARINT_FLIST_FLAGS or ID0_NAMES).
+# compat.c CF_* bits we may set (never INC_RECURSE or ID0_NAMES).
 CF_SAFE_FLIST: Final = 0x08
 CF_CHKSUM_SEED_FIX: Final = 0x20
+CF_VARINT_FLIST_FLAGS: Final = 0x80
+#: What we offer when the client negotiates (its ``-e`` info has ``v``), best first: the
+#: checksums we compute, and the compressors whose stream we send (zlibx and zlib differ only
+#: in matched data, which we never send).  Both sides pick the first name of their own list
+#: that the other offers; the client's list is in rsync's order (strongest first), so an
+#: honest client and we agree.
+CHECKSUM_OFFER: Final = (Checksum.XXH128, Checksum.MD5)
+COMPRESS_OFFER: Final = ("zlibx", "zlib")
+#: rsync's MAX_NSTR_STRLEN less its NUL: the longest name list either side may send.
+MAX_NAME_LIST: Final = 255
 
 _GREETING_RE: Final = re.compile(rb"@RSYNCD: (\d{1,4})(?:\.(\d{1,4}))?(?: [ -~]*)?")
 _MODULE_RE: Final = re.compile(rb"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
@@ -237,6 +253,9 @@ class Session:
         self.protocol = 0
         self.module = ""
         self.args: ServerArgs | None = None
+        #: the whole-file checksum (MD4 below protocol 30; MD5, or what was negotiated, above)
+        self.checksum = Checksum.MD5
+        self._varint_flags = False  # CF_VARINT_FLIST_FLAGS
         self.revision: Revision | None = None
         self.flist: FileList | None = None
         self.bytes_in = 0
@@ -457,8 +476,8 @@ class Session:
         text = exc.detail or exc.reason.value
         if self.state in (State.GREETING, State.MODULE):
             self._send_raw(f"@ERROR: {text}\n".encode("utf-8", "replace"))
-        elif self.state is State.ARGS:
-            if self.protocol >= 30:
+        elif self.state in (State.ARGS, State.NEGOTIATE):
+            if self.protocol >= 30 and self.state is State.ARGS:
                 self._send_raw(varint(0))
             self._send_raw(int32(0))
             self._muxed_out = True
@@ -489,6 +508,8 @@ class Session:
                     self._read_module()
                 elif self.state is State.ARGS:
                     self._read_args()
+                elif self.state is State.NEGOTIATE:
+                    self._read_negotiation()
                 else:
                     if self._muxed_in:
                         self._demux()
@@ -608,16 +629,69 @@ class Session:
             timeout=args.timeout,
             client_info=args.client_info,
             path=scope,
+            checksum_choice=args.checksum_choice,
+            compress_choice=args.compress_choice,
         )
         assert self.revision is not None
         self._seed = args.checksum_seed or self.revision.seed
-        if self.protocol >= 30:
+        if self.protocol < 30:
+            self.checksum = Checksum.MD4
+        else:
+            if args.checksum_choice:
+                self.checksum = Checksum(args.checksum_choice)
             compat = 0
             if "f" in args.client_info:
                 compat |= CF_SAFE_FLIST
             if "C" in args.client_info:
                 compat |= CF_CHKSUM_SEED_FIX
+            if "v" in args.client_info:
+                compat |= CF_VARINT_FLIST_FLAGS
             self._send_raw(varint(compat))
+            if compat & CF_VARINT_FLIST_FLAGS:
+                self._varint_flags = True
+                # compat.c negotiate_the_strings: both sides send their lists, then read the
+                # other's; the client sends its lists before it multiplexes.
+                # Only what the client did not choose itself is negotiated.
+                if not args.checksum_choice:
+                    self._send_raw(vstring(" ".join(c.value for c in CHECKSUM_OFFER).encode()))
+                if args.compress and not args.compress_choice:
+                    self._send_raw(vstring(" ".join(COMPRESS_OFFER).encode()))
+                if not args.checksum_choice or (args.compress and not args.compress_choice):
+                    self.state = transition(self.state, "negotiate")
+                    return
+        self._start_transfer()
+
+    def _read_negotiation(self) -> None:
+        """The client's checksum list (and compressor list with ``-z``): we take the first
+        name of our offer that it has (the client's own pick, see :data:`CHECKSUM_OFFER`)."""
+        args = self.args
+        assert args is not None
+        sums = not args.checksum_choice
+        compress = args.compress and not args.compress_choice
+        checksums = read_vstring(self._raw, MAX_NAME_LIST).split() if sums else []
+        compressors = read_vstring(self._raw, MAX_NAME_LIST).split() if compress else []
+        self._raw.commit()
+        chosen: Checksum | None = self.checksum
+        if sums:
+            chosen = next((c for c in CHECKSUM_OFFER if c.value.encode() in checksums), None)
+        if chosen is None:
+            raise RemoteProtocolError(
+                Reason.RSYNC_NEGOTIATION,
+                "Failed to negotiate a checksum choice (this server has xxh128 and md5)",
+                offered=repr(b" ".join(checksums)[:80]),
+            )
+        if compress and not any(c.encode() in compressors for c in COMPRESS_OFFER):
+            raise RemoteProtocolError(
+                Reason.RSYNC_NEGOTIATION,
+                "Failed to negotiate a compress choice (this server has zlibx and zlib)",
+                offered=repr(b" ".join(compressors)[:80]),
+            )
+        self.checksum = chosen
+        self._start_transfer()
+
+    def _start_transfer(self) -> None:
+        """The checksum seed; from here on the session is multiplexed."""
+        if self.protocol >= 30:
             self._data = Buffer()
             self._premux_consumed = self._raw.consumed
             self._muxed_in = True
@@ -703,6 +777,8 @@ class Session:
             gid=args.gid,
             checksum=args.checksum,
             filters=filters.key,
+            varint_flags=self._varint_flags,
+            digest=self.checksum,
         )
         flist = revision.file_list(opts, filters, self.limits.rsync_max_filter_work)
         self.flist = flist
@@ -895,7 +971,10 @@ class Session:
         ids, fdirs, count = flist.ids, flist.dirs, len(flist)
         names, ends, sizes, tails = revision.names, revision.ends, revision.sizes, revision.tails
         read = revision.source.read
-        spool, rdirs = revision.spool, revision.dirs
+        # The spool's answers end with its checksum; MD5 answers end with the revision's.
+        spool = revision.spool if self.checksum is SPOOL_CHECKSUM else None
+        md5_tails = self.checksum is Checksum.MD5
+        rdirs = revision.dirs
         run_end = run_ndx = run_used = run_pos = -1
         lim = self.limits
         max_block, max_sums = lim.rsync_max_block_length, lim.rsync_max_sum_bytes
@@ -995,7 +1074,9 @@ class Session:
                         piece = body[off : off + LITERAL_CHUNK]
                         parts.append(_I32.pack(len(piece)))
                         parts.append(piece)
-                parts.append(tails[20 * pos : 20 * pos + 20])
+                parts.append(
+                    tails[20 * pos : 20 * pos + 20] if md5_tails else _ZERO4 + xxh128(body)
+                )
                 produced += size + 40
                 files += 1
                 q += skip
@@ -1068,16 +1149,23 @@ class Session:
         level = args.compress_level if args.compress else 0
         self.files_sent += 1
         if size <= SMALL_BODY_MAX:
-            self._send_data(head + revision.response_body(pos, self.protocol, level, self._seed))
+            self._send_data(head + revision.response_body(pos, self.checksum, level, self._seed))
             return
         # A large file: produced lazily, one frame at a time.
         self._send_data(head)
-        checksum = revision.transfer_sum(pos, self.protocol, self._seed)
         if level:
-            body_iter = _slices(revision.deflated(pos, level), checksum)
+            data = revision.content(pos) if self.checksum is Checksum.XXH128 else None
+            tokens = revision.deflated(pos, level, data)
+            checksum = xxh128(data) if data is not None else None
+            if checksum is None:
+                checksum = revision.transfer_sum(pos, self.checksum, self._seed)
+            self._producer = _slices(tokens, checksum)
+        elif self.checksum is Checksum.XXH128:
+            self._producer = _read_literal(revision, pos, None)
         else:
-            body_iter = _read_literal(revision, pos, checksum)
-        self._producer = body_iter
+            self._producer = _read_literal(
+                revision, pos, revision.transfer_sum(pos, self.checksum, self._seed)
+            )
 
     def _send_stats(self) -> None:
         flist = self.flist
@@ -1200,12 +1288,19 @@ def _slices(data: bytes, tail: bytes) -> Iterator[bytes | memoryview]:
         yield tail
 
 
-def _read_literal(revision: Revision, pos: int, checksum: bytes) -> Iterator[bytes]:
+def _read_literal(revision: Revision, pos: int, checksum: bytes | None) -> Iterator[bytes]:
     """A large file's literal token stream, read a chunk at a time as the output drains, then
-    its checksum."""
+    its checksum (``None``: its XXH128, computed from the chunks as they go)."""
     path, size = revision.path(pos), revision.sizes[pos]
+    hasher = xxhash.xxh3_128() if checksum is None else None
     for off in range(0, size, LITERAL_CHUNK):
         n = min(LITERAL_CHUNK, size - off)
-        yield _I32.pack(n) + revision.source.read(path, off, n, size)
+        chunk = revision.source.read(path, off, n, size)
+        if hasher is not None:
+            hasher.update(chunk)
+        yield _I32.pack(n) + chunk
     yield _ZERO4
+    if hasher is not None:
+        checksum = hasher.intdigest().to_bytes(16, "little")
+    assert checksum is not None
     yield checksum

@@ -3,6 +3,7 @@
 ::
 
     GREETING --greeting--> MODULE --module--> ARGS --args--> FILTERS --filters--> TRANSFER
+        ARGS --negotiate--> NEGOTIATE --args--> FILTERS  (checksum and compressor names, >= 30)
         MODULE --list--> DONE                          (module listing: names, then EXIT)
         FILTERS --empty-list--> DONE                   (nothing to send, or path not found)
         TRANSFER --last-done--> GOODBYE --goodbye--> DONE                (protocol 27-30)
@@ -27,6 +28,7 @@ class State(Enum):
     GREETING = "greeting"
     MODULE = "module"
     ARGS = "args"
+    NEGOTIATE = "negotiate"
     FILTERS = "filters"
     TRANSFER = "transfer"
     GOODBYE = "goodbye"
@@ -40,6 +42,8 @@ _TABLE: Final[dict[tuple[State, str], State]] = {
     (State.MODULE, "module"): State.ARGS,
     (State.MODULE, "list"): State.DONE,
     (State.ARGS, "args"): State.FILTERS,
+    (State.ARGS, "negotiate"): State.NEGOTIATE,
+    (State.NEGOTIATE, "args"): State.FILTERS,
     (State.FILTERS, "filters"): State.TRANSFER,
     (State.FILTERS, "empty-list"): State.DONE,
     (State.TRANSFER, "last-done"): State.GOODBYE,

@@ -313,7 +313,7 @@ def load_revision(
                 md5 = hashlib.md5(data, usedforsecurity=False).digest()
                 at = -1
                 if spool is not None:
-                    at = spool.add(spool_segment(data, md5))
+                    at = spool.add(spool_segment(data))
                     if at < 0:
                         spool = None
                 builder.add_file_digest(child, mtime, len(data), md5, at)
