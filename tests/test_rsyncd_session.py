@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rpkirepo.errors import LimitExceeded, Reason, RemoteProtocolError, RpkiRepoError
-from rpkirepo.limits import DEFAULT_LIMITS
+from rpkirepo.limits import DEFAULT_LIMITS, Limits
 from rpkirepo.rsync import Revision, RevisionBuilder, Session, SessionEnded, State
 from rpkirepo.rsync._md4 import md4
 from rpkirepo.rsync._model import Checksum, MemorySource, SpoolSource, xxh128
@@ -677,6 +677,70 @@ def test_transfer_refusals(protocol: int, make, reason: Reason) -> None:  # type
         assert _transfer_refusal(protocol, make(Client(protocol))) is Reason.RSYNC_SEQUENCE
         return
     assert _transfer_refusal(protocol, make(Client(protocol))) is reason
+
+
+def _requests_session(protocol: int, limits: Limits = DEFAULT_LIMITS) -> tuple[Session, Client]:
+    client = Client(protocol)
+    session = Session(catalog(make_revision(FILES)), limits)
+    run(session, client.greeting() + client.args() + client.filters())
+    return session, client
+
+
+@pytest.mark.parametrize("protocol", [31, 30, 27])
+def test_requests_in_list_order_allocate_no_per_file_table(protocol: int) -> None:
+    """A full sync and a redo of one file: counted with one number, no table per index."""
+    session, client = _requests_session(protocol)
+    assert session.flist is not None
+    regular = [i for i in range(len(session.flist)) if not session.flist.is_dir(i)]
+    run(session, b"".join(client.request(i) for i in regular))
+    assert session._seen is None and session._first_last == regular[-1]
+    run(session, client.done() + client.request(regular[1]))  # the redo phase: counted
+    assert session._seen is not None and session.state is State.TRANSFER
+    with pytest.raises(LimitExceeded):  # a third time (rsync_max_requests_per_file = 2)
+        run(session, client.request(regular[1]))
+
+
+@pytest.mark.parametrize("protocol", [31, 27])
+def test_out_of_order_requests_are_counted_as_asked_before(protocol: int) -> None:
+    """Below the highest index asked for in order, a file counts as asked for once: the
+    count is never under the truth (here file 2 was skipped, yet its two requests are the
+    limit's two)."""
+    session, client = _requests_session(protocol)
+    assert session.flist is not None
+    regular = [i for i in range(len(session.flist)) if not session.flist.is_dir(i)]
+    first, skipped, later = regular[0], regular[1], regular[2]
+    run(session, client.request(first) + client.request(later) + client.request(skipped))
+    assert session.state is State.TRANSFER and session._seen is not None
+    with pytest.raises(LimitExceeded):
+        run(session, client.request(skipped))
+    strict = DEFAULT_LIMITS.override({"rsync_max_requests_per_file": 1})
+    session, client = _requests_session(protocol, strict)
+    run(session, b"".join(client.request(i) for i in regular))  # in order: all allowed
+    with pytest.raises(LimitExceeded):
+        run(session, client.done() + client.request(first))
+
+
+def test_a_frame_longer_than_the_backlog_is_read_whole() -> None:
+    """Input stops at MAX_INPUT_BACKLOG (16 KiB), except while a frame is incomplete: a
+    client may send frames up to rsync_max_data_frame, and waiting for one that can never
+    complete would stall the session."""
+    session, client = _requests_session(31)
+    assert session.flist is not None
+    regular = [i for i in range(len(session.flist)) if not session.flist.is_dir(i)]
+    # One request with 2,000 block sums of 20 bytes: a 40 KiB frame.
+    payload = client.ndx.encode(regular[0]) + b"\x00\x80" + int32(2000) + int32(700)
+    payload += int32(16) + int32(0) + bytes(2000 * 20)
+    framed = frame(Msg.DATA, payload)
+    session.receive_data(framed[:30000])
+    assert session.wants_input  # 30,000 bytes held, beyond the backlog: the frame needs more
+    session.receive_data(framed[30000:])
+    out = b""
+    while more := session.data_to_send():
+        out += more
+    assert session.files_sent == 1 and session.state is State.TRANSFER
+    assert session.wants_input
+    session.receive_data(bytes(frame(Msg.DATA, b"")) + client.request(regular[1])[:3])
+    assert session.wants_input  # a little input: reading goes on
 
 
 def test_junk_block_sums_still_get_literal_data() -> None:

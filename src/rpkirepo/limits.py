@@ -168,7 +168,9 @@ class Limits:
         1 << 29, "Largest block length in an rsync sum head at protocol 27 (rsync's old cap)."
     )
     rsync_max_requests_per_file: int = _limit(
-        2, "How often one rsync session may request the same file (rsync redoes a file once)."
+        2,
+        "How often one rsync session may request the same file (rsync redoes a file once); "
+        "a file below the highest one asked for in order counts as asked for once.",
     )
     rsync_max_del_stats: int = _limit(
         16, "Most NDX_DEL_STATS records one rsync session may send (protocol 31)."

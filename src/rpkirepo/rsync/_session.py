@@ -121,13 +121,14 @@ SUPPORTED: Final = frozenset({27, 30, 31})
 MAX_DATA_FRAME_OUT: Final = 32768
 MAX_XNAME: Final = 1023
 #: Unparsed input a session takes before it stops reading (a client's generator runs ahead,
-#: sending requests and block sums; they wait in the kernel, not in our memory).
-MAX_INPUT_BACKLOG: Final = 64 * 1024
+#: sending requests and block sums; they wait in the kernel, not in our memory).  A frame
+#: longer than this is still read whole (up to ``rsync_max_data_frame``).
+MAX_INPUT_BACKLOG: Final = 16 * 1024
 _I32: Final = Struct("<i")
 _I32X4: Final = Struct("<4i")
 #: Requests are answered until this much output waits to be sent, then parsing pauses: the
 #: output a session holds (beyond one answer) is bounded by it.
-OUTPUT_HIGH_WATER: Final = 32 * 1024
+OUTPUT_HIGH_WATER: Final = 16 * 1024
 #: Files up to this size are answered at once; larger ones are read and produced frame by
 #: frame as the output drains.
 SMALL_BODY_MAX: Final = 256 * 1024
@@ -264,6 +265,7 @@ class Session:
         self._raw = Buffer()
         self._data = self._raw
         self._muxed_in = False
+        self._frame_want = 0  # raw bytes the frame being read needs (0: none under way)
         self._muxed_out = False
         self._eof = False
         self._out: deque[bytes | SpoolRange] = deque()
@@ -284,8 +286,12 @@ class Session:
         self._ndx_mark = (self._ndx_in.prev_pos, self._ndx_in.prev_neg)
         self._phase = 0
         self._request: _Request | None = None
-        self._seen: bytearray | None = None  # one bit per list index: requested once
-        self._repeats: dict[int, int] = {}  # index -> times requested, past the first
+        #: the highest index asked for in phase 0, where each request was above the previous
+        #: one (rsync asks in list order); any other request is counted in ``_seen`` (one bit
+        #: per index, made on first need) and ``_repeats`` (see :meth:`_count_request`)
+        self._first_last = -1
+        self._seen: bytearray | None = None
+        self._repeats: dict[int, int] = {}  # index -> times in ``_seen``, past the first
         self._sum_bytes = 0
         self._del_stats = 0
         self._ended = False
@@ -308,10 +314,9 @@ class Session:
         """Whether the I/O layer should read more (false while a backlog waits for output)."""
         if self.state in (State.DONE, State.FAILED) or self._eof:
             return False
-        return (
-            self._raw.available() + (self._data.available() if self._data is not self._raw else 0)
-            < MAX_INPUT_BACKLOG
-        )
+        raw = self._raw.available()
+        backlog = raw + (self._data.available() if self._data is not self._raw else 0)
+        return backlog < MAX_INPUT_BACKLOG or raw < self._frame_want
 
     @property
     def handshake_done(self) -> bool:
@@ -704,6 +709,7 @@ class Session:
         while True:
             try:
                 tag, length = frame_header(raw.i32() & 0xFFFFFFFF)
+                self._frame_want = 4 + length  # read on until it is whole (length is capped)
                 if tag == Msg.DATA:
                     if length > lim.rsync_max_data_frame:
                         raise LimitExceeded(
@@ -722,6 +728,7 @@ class Session:
                 raw.rollback()
                 return
             raw.commit()
+            self._frame_want = 0
             if tag == Msg.DATA:
                 self._data.feed(payload)
             elif tag == Msg.NOOP and length == 0:
@@ -875,22 +882,32 @@ class Session:
             self._answer(req)
 
     def _count_request(self, ndx: int) -> None:
-        """Refuse a file asked for more than ``rsync_max_requests_per_file`` times (one bit per
-        index for the first request; a count only for the rare repeats)."""
+        """Refuse a file asked for more than ``rsync_max_requests_per_file`` times.
+
+        rsync asks for files in list order, once per phase.  A phase-0 request above every
+        earlier one is a file's first, and costs no memory (``_first_last`` moves up).  Any
+        other request (the redo phase, or out of order) is counted per index, and an index at
+        or below ``_first_last`` counts as asked for once already (it may have been): so the
+        count is never under the truth, and a session in list order never allocates the
+        per-index table (``len(flist) / 8`` bytes)."""
+        if self._phase == 0 and ndx > self._first_last:
+            self._first_last = ndx
+            return
         seen = self._seen
         if seen is None:
             assert self.flist is not None
             seen = self._seen = bytearray((len(self.flist) >> 3) + 1)
         bit = 1 << (ndx & 7)
-        if not seen[ndx >> 3] & bit:
-            seen[ndx >> 3] |= bit
-            return
-        times = self._repeats.get(ndx, 1) + 1
+        recorded = self._repeats.get(ndx, 1) if seen[ndx >> 3] & bit else 0
+        times = (ndx <= self._first_last) + recorded + 1
         if times > self.limits.rsync_max_requests_per_file:
             raise LimitExceeded(
                 Reason.RSYNC_INDEX, "file requested too often", limit="rsync_max_requests_per_file"
             )
-        self._repeats[ndx] = times
+        if recorded:
+            self._repeats[ndx] = recorded + 1
+        else:
+            seen[ndx >> 3] |= bit
 
     def _check_sum_head(self, count: int, blength: int, s2len: int, remainder: int) -> int:
         """Validate a sum head; returns the bytes of block sums that follow it."""
@@ -979,10 +996,10 @@ class Session:
         lim = self.limits
         max_block, max_sums = lim.rsync_max_block_length, lim.rsync_max_sum_bytes
         max_count = lim.rsync_max_sum_count
-        transfers_ok = self._phase < 2
-        seen = self._seen
-        if seen is None:
-            seen = self._seen = bytearray((count >> 3) + 1)
+        # Transfers here are phase-0 firsts only (see _count_request); others take the
+        # general path, which counts them.
+        transfers_ok = self._phase == 0
+        first_last = self._first_last
         writer = self._ndx_out
         prev_in, prev_out = self._ndx_in.prev_pos, writer.prev_pos
         room = OUTPUT_HIGH_WATER - self._out_bytes - len(self._data_out)
@@ -1037,14 +1054,13 @@ class Session:
                         break
                 else:
                     skip = 0
-                bit = 1 << (ndx & 7)
-                if seen[ndx >> 3] & bit:
-                    break  # a repeat: counted on the general path
+                if ndx <= first_last:
+                    break  # out of order: counted on the general path
                 pos = ids[ndx]
                 size = sizes[pos]
                 if size > SMALL_BODY_MAX:
                     break
-                seen[ndx >> 3] |= bit
+                first_last = ndx
                 self._sum_bytes += skip
                 diff = ndx - prev_out
                 ndx_out = _BYTE[diff] if 0 < diff < 0xFE else writer.encode(ndx)
@@ -1053,11 +1069,7 @@ class Session:
                     # the spool as it is (see :func:`_run_end`).
                     pos_end, used = _run_end(rdirs, spool, data, q, end, pos)
                     ndx_end = ndx + pos_end - pos
-                    if pos_end > pos and (
-                        ndx_end >= count
-                        or ids[ndx_end] != pos_end
-                        or not _claim_bits(seen, ndx + 1, ndx_end + 1)
-                    ):
+                    if pos_end > pos and (ndx_end >= count or ids[ndx_end] != pos_end):
                         pos_end = pos
                     if pos_end > pos:
                         run_end, run_ndx, run_used, run_pos = pos_end, ndx_end, used, pos
@@ -1096,7 +1108,8 @@ class Session:
             assert spool is not None
             done += run_used
             files += run_end - run_pos - rdirs.count(1, run_pos + 1, run_end + 1)
-            writer.prev_pos = prev_in = run_ndx
+            writer.prev_pos = prev_in = first_last = run_ndx
+        self._first_last = first_last
         buf.skip(done)
         self._ndx_in.prev_pos = prev_in
         self._commit_data()
@@ -1256,26 +1269,6 @@ def _stream_bytes(source: SpoolSource, start: int, stop: int) -> bytes:
         parts.append(source.read(spool_file_offset(start), end - start))
         start = end
     return b"".join(parts)
-
-
-def _claim_bits(seen: bytearray, lo: int, hi: int) -> bool:
-    """Set bits ``lo`` to ``hi - 1`` of ``seen`` if none of them is set yet (files not asked
-    for before); ``False`` and nothing changed otherwise."""
-    a, b = lo >> 3, (hi - 1) >> 3
-    if a == b:
-        mask = ((1 << (hi - lo)) - 1) << (lo & 7)
-        if seen[a] & mask:
-            return False
-        seen[a] |= mask
-        return True
-    first = (0xFF << (lo & 7)) & 0xFF
-    last = (1 << (((hi - 1) & 7) + 1)) - 1
-    if seen[a] & first or seen[b] & last or seen[a + 1 : b].strip(b"\x00"):
-        return False
-    seen[a] |= first
-    seen[b] |= last
-    seen[a + 1 : b] = b"\xff" * (b - a - 1)
-    return True
 
 
 def _slices(data: bytes, tail: bytes) -> Iterator[bytes | memoryview]:

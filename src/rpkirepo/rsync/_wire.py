@@ -135,7 +135,12 @@ class Buffer:
     def commit(self) -> None:
         self.consumed += self._pos - self._mark
         self._mark = self._pos
-        if self._mark > 16384 and self._mark * 2 > len(self._data):
+        if self._mark == len(self._data):
+            if self._mark:
+                # All read: drop the storage too, so an idle session holds none.
+                self._data = bytearray()
+                self._pos = self._mark = 0
+        elif self._mark > 16384 and self._mark * 2 > len(self._data):
             del self._data[: self._mark]
             self._pos -= self._mark
             self._mark = 0

@@ -48,7 +48,7 @@ READ_SIZE = 16 * 1024
 #: Output handed to the transport at once.  The next chunk is produced only once the kernel
 #: took the previous one (the transport's buffer is drained to empty), so a session whose
 #: client reads slowly holds at most about one chunk in Python.
-WRITE_CHUNK = 32 * 1024
+WRITE_CHUNK = 16 * 1024
 CLOSE_GRACE = 2.0
 
 
