@@ -23,6 +23,7 @@ import pytest
 from conftest import require_peer
 from peers import RpkirepoRsyncd, public_dir, rpkirepo_rsyncd
 from rpkirepo.publish import PublishOptions, publish
+from rpkirepo.rsync._model import COMMON_FLIST
 from rpkirepo.uri import HttpsUri, RsyncUri
 
 pytestmark = pytest.mark.peer
@@ -313,3 +314,21 @@ def test_checksum_and_compressor_negotiation(
         assert changed == [], again.stdout
         assert again.stdout.count(".f..t") == len(world.files)
     assert tree(dest) == tree(world.module_dir / "current")
+
+
+def test_the_common_list_is_built_at_load_and_filtered_lists_off_the_loop(world: World) -> None:
+    """The list ``rsync -rt`` asks for exists as soon as the revision is loaded, so no
+    client waits for it; rpki-client's filtered list is built (in a worker thread) once and
+    shares the same encoding, since its filters keep every RPKI object."""
+    with rpkirepo_rsyncd({"repo": world.module_dir}) as d:
+        rev = d.daemon.watchers["repo"].revision  # type: ignore[attr-defined]
+        assert list(rev._flists) == [COMMON_FLIST]
+        common = rev._flists[COMMON_FLIST]
+        rsync("-rt", d.url("repo/"), f"{world.root / 'plain'}/")
+        assert list(rev._flists) == [COMMON_FLIST]  # found, not built again
+        rsync(*RP_ARGS["rpki-client"], d.url("repo/"), f"{world.root / 'rpki-client'}/")
+        assert len(rev._flists) == 2
+        filtered = next(v for k, v in rev._flists.items() if k != COMMON_FLIST)
+        assert filtered.encoded is common.encoded
+    assert tree(world.root / "plain") == tree(world.module_dir / "current")
+    assert tree(world.root / "rpki-client") == tree(world.module_dir / "current")

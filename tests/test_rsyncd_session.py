@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import zlib
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
@@ -978,4 +979,49 @@ def test_costly_filters_are_refused_with_a_message() -> None:
         session.receive_data(client.greeting() + client.args() + client.filters())
     out += session.data_to_send()
     assert exc.value.context["limit"] == "rsync_max_filter_work"
+    assert b"too costly" in split_output(out, 31).messages[-1][1]
+
+
+def _deferred(
+    client: Client, limits: Limits = DEFAULT_LIMITS, rev: Revision | None = None
+) -> tuple[Session, bytes]:
+    session = Session(catalog(rev or make_revision(FILES)), limits, defer_lists=True)
+    out = run(session, client.greeting() + client.args() + client.filters())
+    return session, out
+
+
+def test_a_deferred_list_is_built_elsewhere_and_the_session_goes_on() -> None:
+    """With defer_lists, the session stops at an unbuilt list until the I/O layer built it
+    (in a worker thread here); the output is byte for byte the undeferred session's."""
+    rev = make_revision(FILES)
+    client = Client(31)
+    session, head = _deferred(client, rev=rev)
+    assert session.list_wanted and session.flist is None and session.state is State.FILTERS
+    session.receive_data(client.request(2))  # input meanwhile waits
+    assert session.data_to_send() == b"" and session.list_wanted
+    with ThreadPoolExecutor(1) as pool:
+        flist = pool.submit(session.build_list).result()
+    session.list_built(flist)
+    assert not session.list_wanted and session.state is State.TRANSFER
+    out = head + run(session, client.dones())
+    assert session.state is State.DONE
+    plain_client = Client(31)
+    plain = Session(catalog(make_revision(FILES)))
+    want = run(plain, plain_client.greeting() + plain_client.args() + plain_client.filters())
+    want += run(plain, plain_client.request(2) + plain_client.dones())
+    assert split_output(out, 31).stream == split_output(want, 31).stream
+    # The next session with the same options finds the list built: nothing to defer.
+    again, _ = _deferred(Client(31), rev=rev)
+    assert not again.list_wanted and again.flist is flist
+
+
+def test_a_deferred_list_that_costs_too_much_fails_the_session_with_a_message() -> None:
+    limits = DEFAULT_LIMITS.override({"rsync_max_filter_work": 1000})
+    session, out = _deferred(Client(31, rules=[b"- *[ab]?*a*/*.x"] * 50), limits)
+    assert session.list_wanted
+    with pytest.raises(LimitExceeded) as exc:
+        session.build_list()
+    session.list_failed(exc.value)
+    out += session.data_to_send()
+    assert session.state is State.FAILED and not session.list_wanted
     assert b"too costly" in split_output(out, 31).messages[-1][1]

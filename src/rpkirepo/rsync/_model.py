@@ -35,6 +35,7 @@ import zlib
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final, Protocol
@@ -214,9 +215,24 @@ class FlistOptions:
     checksum: bool
     filters: tuple[bytes, ...]
     #: the flags of each entry as a varint and a two-varint end (CF_VARINT_FLIST_FLAGS, set
-    #: when the checksum is negotiated), and the checksum ``-c`` lists carry
+    #: when the checksum is negotiated), and the checksum ``-c`` lists carry (MD5 otherwise)
     varint_flags: bool = False
     digest: Checksum = Checksum.MD5
+
+
+#: What rsync >= 3.2 asks for with ``rsync -rt rsync://host/module/`` (and RPs' variants
+#: without filters): the list the daemon builds as soon as a revision is loaded.
+COMMON_FLIST: Final = FlistOptions(
+    protocol=31,
+    scope=b"",
+    recursive=True,
+    dirs=False,
+    uid=False,
+    gid=False,
+    checksum=False,
+    filters=(),
+    varint_flags=True,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +423,9 @@ class Revision:
     #: The MD4 implementation (protocol 27): the adapter may hand in a native one.
     md4: Callable[[bytes], bytes] = field(default=md4, repr=False)
     _flists: dict[FlistOptions, FileList] = field(default_factory=dict, repr=False)
+    #: held while a file list is built: the I/O layer hands in a lock when it builds lists in
+    #: worker threads (they share the list cache and append to the spool)
+    flist_lock: AbstractContextManager[object] = field(default_factory=nullcontext, repr=False)
     _md4: bytearray | None = field(default=None, repr=False)
     _md4_seeded: bytearray | None = field(default=None, repr=False)
     _xxh: bytearray | None = field(default=None, repr=False)
@@ -531,11 +550,19 @@ class Revision:
         cached = self._flists.get(opts)
         if cached is not None:
             return cached
-        flist = self._make_file_list(opts, filters, [filter_work])
-        if len(self._flists) >= self.max_flist_cache:
-            self._flists.pop(next(iter(self._flists)))
-        self._flists[opts] = flist
+        with self.flist_lock:
+            cached = self._flists.get(opts)  # built by another thread meanwhile
+            if cached is not None:
+                return cached
+            flist = self._make_file_list(opts, filters, [filter_work])
+            if len(self._flists) >= self.max_flist_cache:
+                self._flists.pop(next(iter(self._flists)))
+            self._flists[opts] = flist
         return flist
+
+    def cached_file_list(self, opts: FlistOptions) -> FileList | None:
+        """The encoded list for ``opts`` if it was built already (never builds)."""
+        return self._flists.get(opts)
 
     def _make_file_list(
         self, opts: FlistOptions, filters: FilterSet, budget: list[int] | None = None

@@ -245,11 +245,16 @@ def _negotiate(client: int, sub: int) -> int:
 
 
 class Session:
-    """See the module docstring.  ``seed`` overrides the revision's checksum seed (tests)."""
+    """See the module docstring.  With ``defer_lists``, a file list the revision has not built
+    yet is left to the I/O layer (:attr:`list_wanted`), which builds it off its event loop."""
 
-    def __init__(self, catalog: Catalog, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self, catalog: Catalog, limits: Limits = DEFAULT_LIMITS, *, defer_lists: bool = False
+    ) -> None:
         self.catalog = catalog
         self.limits = limits
+        self.defer_lists = defer_lists
+        self._list_job: tuple[FlistOptions, FilterSet] | None = None
         self.state = State.GREETING
         self.protocol = 0
         self.module = ""
@@ -331,6 +336,33 @@ class Session:
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
+
+    @property
+    def list_wanted(self) -> bool:
+        """The session waits for its file list (``defer_lists``): call :meth:`build_list`
+        (anywhere: in a worker thread), then :meth:`list_built` or :meth:`list_failed`."""
+        return self._list_job is not None
+
+    def build_list(self) -> FileList:
+        """Build the file list the session waits for.  Touches only the revision (its list
+        cache and spool, under its lock), so it may run in another thread; raises
+        :class:`~rpkirepo.errors.LimitExceeded` for filters that cost too much."""
+        job, revision = self._list_job, self.revision
+        assert job is not None and revision is not None
+        return revision.file_list(job[0], job[1], self.limits.rsync_max_filter_work)
+
+    def list_built(self, flist: FileList) -> None:
+        """The list :meth:`build_list` returned: send it and go on."""
+        assert self._list_job is not None
+        self._list_job = None
+        self._guard(lambda: self._list_ready(flist))
+        self._guard(self._advance)
+
+    def list_failed(self, exc: RpkiRepoError) -> None:
+        """:meth:`build_list` raised ``exc``: the session fails with it (the client is told)."""
+        self._list_job = None
+        if self.state not in (State.DONE, State.FAILED):
+            self._fail(exc)
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes read from the client (``b""``: end of file)."""
@@ -504,6 +536,7 @@ class Session:
         while (
             self._producer is None
             and not self._paused
+            and self._list_job is None
             and self.state not in (State.DONE, State.FAILED)
         ):
             try:
@@ -785,9 +818,19 @@ class Session:
             checksum=args.checksum,
             filters=filters.key,
             varint_flags=self._varint_flags,
-            digest=self.checksum,
+            digest=self.checksum if args.checksum else Checksum.MD5,  # -c lists only
         )
-        flist = revision.file_list(opts, filters, self.limits.rsync_max_filter_work)
+        flist = revision.cached_file_list(opts)
+        if flist is None:
+            if self.defer_lists:
+                self._list_job = (opts, filters)  # see list_wanted
+                return
+            flist = revision.file_list(opts, filters, self.limits.rsync_max_filter_work)
+        self._list_ready(flist)
+
+    def _list_ready(self, flist: FileList) -> None:
+        args, revision = self.args, self.revision
+        assert args is not None and revision is not None
         self.flist = flist
         if flist.missing:
             shown = args.path.decode("ascii", "replace") or "."

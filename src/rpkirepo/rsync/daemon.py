@@ -173,7 +173,7 @@ class RsyncDaemon:
             return
         self.counters.active += 1
         self._per_address[addr] += 1
-        session = Session(self.catalog, lim)
+        session = Session(self.catalog, lim, defer_lists=True)
         try:
             await self._run(session, reader, writer, addr)
         finally:
@@ -242,6 +242,16 @@ class RsyncDaemon:
                     continue
                 if session.finished:
                     return
+                if session.list_wanted:
+                    # A list this revision has not built yet (the first client with these
+                    # options): built in a worker thread, so other sessions go on meanwhile.
+                    try:
+                        flist = await asyncio.to_thread(session.build_list)
+                    except RpkiRepoError as exc:
+                        session.list_failed(exc)
+                        raise
+                    session.list_built(flist)
+                    continue
                 if not session.wants_input:
                     # Nothing to send and no room to read: cannot happen with a well-formed
                     # stream (input is consumed as it is parsed); end rather than spin.

@@ -36,13 +36,16 @@ import os
 import secrets
 import stat
 import tempfile
+import threading
 import weakref
 from pathlib import Path
 from typing import Final
 
 from rpkirepo.errors import LimitExceeded, Reason, RpkiRepoError, StorageError
 from rpkirepo.limits import DEFAULT_LIMITS, Limits
+from rpkirepo.rsync._filters import FilterSet
 from rpkirepo.rsync._model import (
+    COMMON_FLIST,
     SPOOL_DIR_SEGMENT,
     SPOOL_FRAME,
     Revision,
@@ -343,6 +346,7 @@ def load_revision(
     revision.max_flist_cache = limits.rsync_max_flist_cache
     revision.deflate_cache_bytes = limits.rsync_deflate_cache_bytes
     revision.md4 = md4_digest()
+    revision.flist_lock = threading.Lock()  # the daemon builds file lists in worker threads
     del builder
     _release_free_memory()
     return revision
@@ -394,6 +398,8 @@ class ModuleWatcher:
         previous revision."""
         try:
             revision = load_revision(target, self.limits, spool_dir=self.spool_dir)
+            # The list most clients ask for, built here rather than for the first of them.
+            revision.file_list(COMMON_FLIST, FilterSet(), self.limits.rsync_max_filter_work)
         except RpkiRepoError as exc:
             self.failed_target = target
             log.error(
