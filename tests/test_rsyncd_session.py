@@ -64,9 +64,7 @@ def make_revision(
             d = "/".join(parts[:i])
             if d not in dirs:
                 dirs.add(d)
-                b.add_dir(d.encode(), 946684800)
-                if d.encode() in at:
-                    b.spool_dir(d.encode(), at[d.encode()])
+                b.add_dir(d.encode(), 946684800, at.get(d.encode(), -1))
         if spool is None:
             b.add_file(path.encode(), 1700000000 + len(path), files[path])
         else:

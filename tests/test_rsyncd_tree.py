@@ -175,3 +175,26 @@ def test_a_revision_holds_no_bodies_and_no_object_per_entry(tmp_path: Path) -> N
     pos = rev.find(b"d3/f150.roa")
     assert pos is not None and rev.content(pos) == files["d3/f150.roa"]
     assert rev.find(b"d3") is not None and rev.find(b"nope") is None
+
+
+def test_the_load_adds_entries_in_position_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The walk visits entries in the protocol-29 order (names chosen so that it differs from
+    name order), so the builder packs them as they come: it never sorts, and holds no row
+    per entry while the load runs."""
+    from rpkirepo.rsync._model import RevisionBuilder
+
+    def no_sort(self: RevisionBuilder, blob: bytes) -> bytes:
+        raise AssertionError("the load's entries were not in position order")
+
+    monkeypatch.setattr(RevisionBuilder, "_sort", no_sort)
+    module = tmp_path / "m"
+    files = {"a-c/q.roa": b"q" * 200, "a/b.crl": b"b" * 200, "a/x/y.mft": b"y" * 200,
+             "a.cer": b"c" * 200, "top.roa": b"t" * 200, "a/-.cer": b"-" * 200}  # fmt: skip
+    write_revision(module, "r1", files)
+    rev = load_revision(module / "revisions" / "r1")
+    paths = [rev.path(pos).decode() for pos in range(1, rev.count)]
+    assert paths == [
+        "a.cer", "top.roa", "a-c", "a-c/q.roa", "a", "a/-.cer", "a/b.crl", "a/x", "a/x/y.mft",
+    ]  # fmt: skip

@@ -328,6 +328,59 @@ def test_safe_names_pass() -> None:
         validate_name(name)
 
 
+def _built(entries: list[tuple[bytes, bool]]) -> tuple[object, ...]:
+    from rpkirepo.rsync import RevisionBuilder
+
+    b = RevisionBuilder("r", max_entries=1000, seed=1)
+    b.set_root_mtime(5)
+    for path, is_dir in entries:
+        if is_dir:
+            b.add_dir(path, len(path))
+        else:
+            b.add_file(path, len(path), path * 3)
+    r = b.build()
+    return (r.names, list(r.ends), list(r.sizes), list(r.mtimes), r.dirs, r.tails,
+            list(r.subtree), r.file_count, r.total_size)  # fmt: skip
+
+
+@given(st.randoms(use_true_random=False))
+def test_the_builder_sorts_what_does_not_come_in_order(rng) -> None:  # type: ignore[no-untyped-def]
+    """The load adds entries in protocol-29 order and they are packed as they come; any
+    other order (parents first) gives the same revision."""
+    dirs = [b"a", b"a/b", b"a-c", b"z", b"a/b/d"]
+    files = [b"a.cer", b"a/x.roa", b"a/b/y.mft", b"a/b.crl", b"a-c/q", b"z/-1", b"top"]
+    # Per directory its files, then each subdirectory ("a-c/" < "a/") and its subtree.
+    ordered = [
+        (b"a.cer", False), (b"top", False),
+        (b"a-c", True), (b"a-c/q", False),
+        (b"a", True), (b"a/b.crl", False), (b"a/x.roa", False),
+        (b"a/b", True), (b"a/b/y.mft", False), (b"a/b/d", True),
+        (b"z", True), (b"z/-1", False),
+    ]  # fmt: skip
+    shuffled = [(d, True) for d in dirs] + [(f, False) for f in files]
+    rng.shuffle(shuffled)
+    shuffled.sort(key=lambda e: e[0].count(b"/") + (0 if e[1] else 0.5))  # parents first
+    assert _built(shuffled) == _built(ordered)
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [(b"a", False), (b"a", False)],
+        [(b"d", True), (b"d/x", False), (b"d/x", False)],
+        [(b"a", False), (b"a", True)],  # a file and a directory of the same name
+        [(b"a", True), (b"a", False)],
+        [(b"a", True), (b"a", True)],
+    ],
+)
+def test_a_name_given_twice_is_refused(entries: list[tuple[bytes, bool]]) -> None:
+    from rpkirepo.errors import StorageError
+
+    with pytest.raises(StorageError) as exc:
+        _built(entries)
+    assert exc.value.reason is Reason.RSYNC_BAD_NAME and "duplicate" in exc.value.detail
+
+
 @pytest.mark.parametrize(
     "extra",
     ["--compress-choice=zlibx", "--compress-choice=zlib", "--new-compress", "--old-compress"],

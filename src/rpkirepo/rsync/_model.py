@@ -31,6 +31,7 @@ is the receiver's sort order, so a request index is a position in our list.
 from __future__ import annotations
 
 import hashlib
+import re
 import zlib
 from array import array
 from collections import OrderedDict
@@ -97,6 +98,7 @@ DEFLATE_CACHE_BYTES: Final = 4 * 1024 * 1024
 _NO_MD5: Final = bytes(16)
 _ZERO4: Final = bytes(4)
 _TAIL_NONE: Final = bytes(20)
+_UNSAFE_BYTE: Final = re.compile(rb"[\x00-\x1f\x7f\\]")  # control characters, backslash
 
 
 class Checksum(Enum):
@@ -122,15 +124,13 @@ def validate_name(path: bytes) -> None:
         raise StorageError(Reason.RSYNC_BAD_NAME, "path too long", path=path[:80].hex())
     if path.startswith(b"/") or path.endswith(b"/"):
         raise StorageError(Reason.RSYNC_BAD_NAME, "not a relative name", path=repr(path))
+    if _UNSAFE_BYTE.search(path) is not None:
+        raise StorageError(Reason.RSYNC_BAD_NAME, "control character or backslash", path=repr(path))
     for part in path.split(b"/"):
         if part in (b"", b".", b".."):
             raise StorageError(Reason.RSYNC_BAD_NAME, "empty or dot component", path=repr(path))
         if len(part) > MAX_COMPONENT:
             raise StorageError(Reason.RSYNC_BAD_NAME, "component too long", path=repr(path))
-        if any(c < 0x20 or c == 0x7F or c == 0x5C for c in part):
-            raise StorageError(
-                Reason.RSYNC_BAD_NAME, "control character or backslash", path=repr(path)
-            )
 
 
 class BodySource(Protocol):
@@ -268,43 +268,59 @@ class FileList:
 
 
 class RevisionBuilder:
-    """Collects a revision's entries, validating names; see the module docstring."""
+    """Collects a revision's entries, validating names; see the module docstring.
+
+    Entries are packed as they come, in the :class:`Revision`'s own layout (position 0 is
+    the root), so a load holds no Python object per entry.  Entries that come in the
+    protocol-29 order (what ``tree.load_revision``'s walk gives) are used as they are;
+    others are sorted at :meth:`build`."""
 
     def __init__(self, name: str, *, max_entries: int, seed: int) -> None:
         self.name = name
         self.max_entries = max_entries
         self.seed = seed & 0x7FFFFFFF
-        self._root_mtime = 0
-        #: path, is_dir, size, mtime, MD5, where a file's spool segment starts (-1: none;
-        #: directories' are in ``_dir_spool``)
-        self._rows: list[tuple[bytes, bool, int, int, bytes, int]] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        # Fresh storage: a built revision owns the previous arrays.
+        self._names = bytearray()
+        self._ends = array("I", [0])
+        self._sizes = array("q", [DIR_SIZE])
+        self._mtimes = array("q", [0])
+        self._isdir = bytearray(b"\x01")
+        self._tails = bytearray(_TAIL_NONE)  # int32 0 + MD5 per position
+        self._spool_at = array("q", [0])
         self._dirs: set[bytes] = {b""}
-        self._files: set[bytes] = set()
         self._bodies: dict[bytes, bytes] = {}
-        self._dir_spool: dict[bytes, int] = {}
 
     def _check(self, path: bytes) -> None:
         validate_name(path)
-        if path in self._dirs or path in self._files:
+        if path in self._dirs:
             raise StorageError(Reason.RSYNC_BAD_NAME, "duplicate name", path=repr(path))
-        if len(self._rows) + 1 >= self.max_entries:
+        if len(self._ends) >= self.max_entries:
             raise LimitExceeded(Reason.LIMIT, "revision too large", limit="rsync_max_tree_entries")
         if path.rpartition(b"/")[0] not in self._dirs:
             raise StorageError(Reason.RSYNC_BAD_NAME, "parent not added first", path=repr(path))
 
-    def set_root_mtime(self, mtime: int) -> None:
-        self._root_mtime = mtime
+    def _add(self, path: bytes, is_dir: bool, size: int, mtime: int, md5: bytes, at: int) -> None:
+        self._names += path
+        self._ends.append(len(self._names))
+        self._sizes.append(size)
+        self._mtimes.append(mtime)
+        self._isdir.append(is_dir)
+        self._tails += _ZERO4
+        self._tails += md5
+        self._spool_at.append(at)
 
-    def add_dir(self, path: bytes, mtime: int) -> None:
+    def set_root_mtime(self, mtime: int) -> None:
+        self._mtimes[0] = mtime
+
+    def add_dir(self, path: bytes, mtime: int, spool_at: int = -1) -> None:
+        """A directory; ``spool_at``: where its :data:`SPOOL_DIR_SEGMENT` starts in the
+        build's :class:`SpoolSource` (-1: not there)."""
         self._check(path)
         self._dirs.add(path)
-        self._rows.append((path, True, DIR_SIZE, mtime, _NO_MD5, -1))
-
-    def spool_dir(self, path: bytes, spool_at: int) -> None:
-        """Where the :data:`SPOOL_DIR_SEGMENT` of directory ``path`` (added before or after)
-        starts in the build's :class:`SpoolSource`.  Apart from :meth:`add_dir`, because the
-        load lists a directory before it visits it (see ``tree.load_revision``)."""
-        self._dir_spool[path] = spool_at
+        self._add(path, True, DIR_SIZE, mtime, _NO_MD5, spool_at)
 
     def add_file_digest(
         self, path: bytes, mtime: int, size: int, md5: bytes, spool_at: int = -1
@@ -315,8 +331,7 @@ class RevisionBuilder:
         self._check(path)
         if len(md5) != 16 or size < 0:
             raise StorageError(Reason.RSYNC_REVISION, "bad digest or size", path=repr(path))
-        self._files.add(path)
-        self._rows.append((path, False, size, mtime, md5, spool_at))
+        self._add(path, False, size, mtime, md5, spool_at)
 
     def add_file(self, path: bytes, mtime: int, data: bytes) -> None:
         """A file with its body, kept in memory (a :class:`MemorySource` is built from them)."""
@@ -324,66 +339,97 @@ class RevisionBuilder:
         self.add_file_digest(path, mtime, len(data), md5)
         self._bodies[path] = data
 
+    def _in_order(self, blob: bytes) -> bool:
+        """Whether the positions are in the protocol-29 order (``blob``: the names); a name
+        given twice (as two files) is refused here, where it meets its twin."""
+        isdir, ends = self._isdir, self._ends
+        prev: tuple[tuple[int, bytes], ...] = ()
+        for pos in range(1, len(ends)):
+            path = blob[ends[pos - 1] : ends[pos]]
+            key = _sort_key_29(path, isdir[pos] == 1)
+            if key <= prev:
+                if key == prev:
+                    raise StorageError(Reason.RSYNC_BAD_NAME, "duplicate name", path=repr(path))
+                return False
+            prev = key
+        return True
+
+    def _sort(self, blob: bytes) -> bytes:
+        """Put the positions in the protocol-29 order (entries that did not come in it);
+        returns the new names blob."""
+        isdir, old_ends = self._isdir, self._ends
+
+        def path(p: int) -> bytes:
+            return blob[old_ends[p - 1] : old_ends[p]]
+
+        order = sorted(range(1, len(old_ends)), key=lambda p: _sort_key_29(path(p), isdir[p] == 1))
+        names, ends = bytearray(), array("I", [0])
+        sizes, mtimes = array("q", [DIR_SIZE]), array("q", [self._mtimes[0]])
+        dirs, tails, spool_at = bytearray(b"\x01"), bytearray(_TAIL_NONE), array("q", [0])
+        for p in order:
+            names += path(p)
+            ends.append(len(names))
+            sizes.append(self._sizes[p])
+            mtimes.append(self._mtimes[p])
+            dirs.append(isdir[p])
+            tails += self._tails[20 * p : 20 * p + 20]
+            spool_at.append(self._spool_at[p])
+        self._names, self._ends, self._sizes, self._mtimes = names, ends, sizes, mtimes
+        self._isdir, self._tails, self._spool_at = dirs, tails, spool_at
+        blob = bytes(names)
+        if not self._in_order(blob):  # raises on a name given twice
+            raise AssertionError("sorting failed")
+        return blob
+
     def build(self, source: BodySource | None = None, spool: SpoolSource | None = None) -> Revision:
         """The revision.  ``spool`` is used only if every file's segment was written to it in
         position order, back to back (what :func:`~rpkirepo.rsync.tree.load_revision`'s walk
         order gives); otherwise the revision has no spool."""
-        rows = self._rows
-        rows.sort(key=lambda r: _sort_key_29(r[0], r[1]))
-        names = bytearray()
-        ends = array("I")
-        sizes = array("q", [DIR_SIZE])
-        mtimes = array("q", [self._root_mtime])
-        dirs = bytearray(b"\x01")
-        tails = bytearray(_TAIL_NONE)
-        ends.append(0)
+        blob = bytes(self._names)
+        if not self._in_order(blob):
+            blob = self._sort(blob)
+        ends, isdir, sizes = self._ends, self._isdir, self._sizes
+        count = len(ends)
         total = 0
         files = 0
         index = _SpoolCheck() if spool is not None else None
-        dir_spool = self._dir_spool
-        for path, is_dir, size, mtime, md5, spool_at in rows:
-            if is_dir:
-                spool_at = dir_spool.get(path, -1)
-            if index is not None and not index.add(is_dir, size, spool_at):
-                index = None
-            names += path
-            ends.append(len(names))
-            sizes.append(size)
-            mtimes.append(mtime)
-            dirs.append(is_dir)
-            tails += _ZERO4
-            tails += md5
-            if not is_dir:
-                total += size
-                files += 1
-        count = len(ends)
+        dir_paths, spool_at = self._dirs, self._spool_at
         # The end of each directory's subtree: positions are in depth-first order.
         subtree = array("I", range(1, count + 1))
         stack: list[tuple[int, bytes]] = [(0, b"")]
-        for i, (path, is_dir, _size, _mtime, _md5, _at) in enumerate(rows, 1):
+        for pos in range(1, count):
+            path = blob[ends[pos - 1] : ends[pos]]
+            is_dir = isdir[pos] == 1
             while stack[-1][1] and not path.startswith(stack[-1][1]):
-                subtree[stack.pop()[0]] = i
+                subtree[stack.pop()[0]] = pos
             if is_dir:
-                stack.append((i, path + b"/"))
+                stack.append((pos, path + b"/"))
+            else:
+                if path in dir_paths:
+                    raise StorageError(Reason.RSYNC_BAD_NAME, "duplicate name", path=repr(path))
+                total += sizes[pos]
+                files += 1
+            if index is not None and not index.add(is_dir, sizes[pos], spool_at[pos]):
+                index = None
         for pos, _prefix in stack:
             subtree[pos] = count
-        self._rows = []
-        self._dir_spool = {}
-        return Revision(
+        revision = Revision(
             name=self.name,
             seed=self.seed,
             source=source if source is not None else MemorySource(self._bodies),
-            names=bytes(names),
+            names=blob,
             ends=ends,
             sizes=sizes,
-            mtimes=mtimes,
-            dirs=bytes(dirs),
-            tails=bytes(tails),
+            mtimes=self._mtimes,
+            dirs=bytes(isdir),
+            tails=bytes(self._tails),
             subtree=subtree,
             file_count=files,
             total_size=total,
             spool=index.done(spool) if index is not None and spool is not None else None,
         )
+        self._reset()
+        return revision
 
 
 def _sort_key_29(name: bytes, is_dir: bool) -> tuple[tuple[int, bytes], ...]:

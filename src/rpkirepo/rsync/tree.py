@@ -283,15 +283,16 @@ def load_revision(
         # Depth first, per directory its files (by name) then its subdirectories (by name +
         # "/"), each followed by its subtree: the protocol 29 order of positions, so the spool
         # gets its segments in position order.
-        stack: list[bytes] = [b""]
+        stack: list[tuple[bytes, int]] = [(b"", 0)]
         while stack:
-            rel = stack.pop()
-            if rel and spool is not None:
-                at = spool.add(SPOOL_DIR_SEGMENT)
-                if at < 0:
-                    spool = None  # could not be written: logged, the revision has none
-                else:
-                    builder.spool_dir(rel, at)
+            rel, dir_mtime = stack.pop()
+            if rel:
+                at = -1
+                if spool is not None:
+                    at = spool.add(SPOOL_DIR_SEGMENT)
+                    if at < 0:
+                        spool = None  # could not be written: logged, the revision has none
+                builder.add_dir(rel, dir_mtime, at)
             directory = base + b"/" + rel if rel else base
             files: list[tuple[bytes, bytes]] = []
             subdirs: list[tuple[bytes, bytes, int]] = []
@@ -320,13 +321,9 @@ def load_revision(
                     if at < 0:
                         spool = None
                 builder.add_file_digest(child, mtime, len(data), md5, at)
-            # Directories are added here, not when visited: the builder's rows then come in
-            # runs that are freed together (visiting order left ~13 MiB of pymalloc arenas
-            # pinned after the load at 100k objects).
-            children = [(rel + b"/" + name if rel else name, mtime) for _k, name, mtime in subdirs]
-            for child, mtime in children:
-                builder.add_dir(child, mtime)
-            stack.extend(child for child, _mtime in reversed(children))
+            stack.extend(
+                (rel + b"/" + name if rel else name, mtime) for _k, name, mtime in reversed(subdirs)
+            )
         if spool is not None and not spool.finish():
             spool = None
     except OSError as exc:
