@@ -397,6 +397,7 @@ class ModuleWatcher:
             revision = load_revision(target, self.limits, spool_dir=self.spool_dir)
             # The list most clients ask for, built here rather than for the first of them.
             revision.file_list(COMMON_FLIST, FilterSet(), self.limits.rsync_max_filter_work)
+            _release_free_memory()  # what encoding the list took and freed
         except RpkiRepoError as exc:
             self.failed_target = target
             log.error(
