@@ -20,8 +20,9 @@ same module (directories of 25 real corpus objects, RFC 9589-style mtimes, ``cur
 Memory is the proportional set size (PSS, so pages rsyncd's children share are not counted
 twice) summed over the server's process tree, sampled every ``--sample`` seconds; idle is before
 the first client, peak is over each concurrent step.  Our daemon's one-off revision load (walk,
-read, MD5, spool, the common file list) is reported separately.  Each figure carries the load average when it was taken (the
-machine may be shared).  Every client has a timeout, and the run stops by itself.
+read, MD5, spool, the common file list) is reported separately.  Each figure carries the load
+average when it was taken (the machine may be shared).  Every client has a timeout, and the
+run stops by itself.
 
 Usage: ``bench_rsyncd.py [--files 100000] [--clients 200] [--full-clients 8] [--repeat 2]
 [--json]``; ``--quick`` (20,000 files, 50 + 4 clients, one repeat) is what ``make bench`` runs.

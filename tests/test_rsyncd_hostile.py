@@ -351,3 +351,39 @@ def test_metrics_render_counters_and_reasons(daemon: RpkirepoRsyncd, tmp_path: P
     assert 'rpkirepo_rsyncd_refusals_total{reason="rsync-unknown-module"} 1' in text
     assert "rpkirepo_rsyncd_sessions_total 1" in text
     assert 'rpkirepo_rsyncd_revision_loads_total{module="repo"} 1' in text
+
+
+def test_a_slow_list_build_runs_beside_other_sessions_and_meets_the_deadlines(
+    daemon: RpkirepoRsyncd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A list that is not built yet is built in a worker thread: while one takes 3 s, a
+    client asking for the list built at load is served, and the slow session is cut off by
+    its handshake deadline (1 s here: the list is part of the handshake), not left waiting."""
+    require_peer("rsync")
+    from rpkirepo.rsync import Session
+
+    build = Session.build_list
+
+    def slow(self: Session):  # type: ignore[no-untyped-def]
+        time.sleep(3)
+        return build(self)
+
+    monkeypatch.setattr(Session, "build_list", slow)
+    slow_client = subprocess.Popen(
+        ["rsync", "-rt", "--exclude=*.crl", daemon.url("repo/"), f"{tmp_path / 'slow'}/"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: counters(daemon).connections == 1)
+        started = time.monotonic()
+        fast = subprocess.run(
+            ["rsync", "-rt", daemon.url("repo/"), f"{tmp_path / 'fast'}/"],
+            capture_output=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert fast.returncode == 0, fast.stderr
+        assert time.monotonic() - started < 3  # not behind the slow build
+        assert slow_client.wait(30) != 0
+    finally:
+        slow_client.kill()
+        slow_client.wait()
+    wait_until(lambda: counters(daemon).refusals["rsync-handshake-timeout"] == 1)

@@ -283,6 +283,9 @@ def test_compression_and_seed_variants(world: World, protocol: int, options: lis
         (None, ["--cc=md5"], "Client checksum: md5"),
         (None, ["--cc=xxh128"], "Client checksum: xxh128"),
         (None, ["-z"], "Client negotiated compress: zlibx"),
+        (None, ["--compress-level=9"], "Client negotiated compress: zlibx"),  # no -z sent
+        (None, ["--compress-level=0"], "Client negotiated compress: zlibx"),  # then: literal
+        ("md5 xxh128", [], "Client negotiated checksum: md5"),  # the client's order rules
         (None, ["--zc=zlib"], "Client compress: zlib"),
     ],
 )  # fmt: skip

@@ -11,7 +11,7 @@ import hashlib
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -130,7 +130,8 @@ class Client:
         if not any(a.startswith("--checksum-choice=") for a in self.argv):
             out += vstring(self.checksums)
         compress_choice = ("--compress-choice=", "--new-compress", "--old-compress")
-        if "z" in letters and not any(a.startswith(compress_choice) for a in self.argv):
+        compressing = "z" in letters or any(a.startswith("--compress-level=") for a in self.argv)
+        if compressing and not any(a.startswith(compress_choice) for a in self.argv):
             out += vstring(self.compressors)
         return out
 
@@ -527,6 +528,9 @@ def _sums(d: Decoded, session: Session, varint_flags: bool) -> dict[str, bytes]:
         (b"xxh3 md5 md4", "md5"),  # an older xxhash: no xxh128
         (b"md5", "md5"),  # RSYNC_CHECKSUM_LIST=md5
         (b"md4 md5", "md5"),
+        # The client ranks by its own list: it takes md5 here, and so must we.
+        (b"md5 xxh128", "md5"),
+        (b"sha1 xxh128 md5", "xxh128"),
     ],
 )
 def test_checksum_negotiation_picks_the_first_offer_the_client_has(
@@ -551,6 +555,8 @@ def test_checksum_negotiation_picks_the_first_offer_the_client_has(
         (["-trze.iLsfxCIvu", "--checksum-choice=md5", "--old-compress"], (), "md5"),
         # No ``v``: an rsync before 3.2, MD5 and byte flags.
         (["-trze.iLsfxCIu"], (), "md5"),
+        # rsync >= 3.2 with --compress-level alone: compression on, compressor negotiated.
+        (["-tre.iLsfxCIvu", "--compress-level=9"], (b"xxh128 md5", b"zlibx zlib"), "xxh128"),
     ],
 )
 def test_only_what_the_client_left_open_is_negotiated(
@@ -1023,3 +1029,17 @@ def test_a_deferred_list_that_costs_too_much_fails_the_session_with_a_message() 
     out += session.data_to_send()
     assert session.state is State.FAILED and not session.list_wanted
     assert b"too costly" in split_output(out, 31).messages[-1][1]
+
+
+def test_the_list_built_at_load_is_never_evicted() -> None:
+    from rpkirepo.rsync._filters import FilterSet
+    from rpkirepo.rsync._model import COMMON_FLIST
+
+    rev = make_revision(FILES)
+    rev.max_flist_cache = 3
+    common = rev.file_list(COMMON_FLIST, FilterSet(), 10**6)
+    for proto in (27, 30, 31):
+        for checksum in (False, True):
+            opts = replace(COMMON_FLIST, protocol=proto, checksum=checksum, varint_flags=False)
+            rev.file_list(opts, FilterSet(), 10**6)
+    assert len(rev._flists) == 3 and rev.cached_file_list(COMMON_FLIST) is common

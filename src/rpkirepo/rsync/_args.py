@@ -176,7 +176,10 @@ def _long_option(arg: str, protocol: int, flags: dict[str, object]) -> None:
     if name == "--timeout":
         flags["timeout"] = _number(name, value, 0, 1 << 30)
     elif name == "--compress-level":
+        # rsync >= 3.2 sends it without -z for "compress, choice negotiated" (options.c
+        # CPRES_AUTO); level 0 then means literal tokens (token.c init_compression_level).
         flags["compress_level"] = _number(name, value, 0, 9)
+        flags["z"] = True
     elif name == "--checksum-seed":
         flags["checksum_seed"] = _number(name, value, 0, 0x7FFFFFFF)
     elif name == "--checksum-choice":

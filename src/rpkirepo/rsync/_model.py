@@ -602,7 +602,10 @@ class Revision:
                 return cached
             flist = self._make_file_list(opts, filters, [filter_work])
             if len(self._flists) >= self.max_flist_cache:
-                self._flists.pop(next(iter(self._flists)))
+                # The oldest goes, never the list most clients ask for (built at load).
+                victim = next((k for k in self._flists if k != COMMON_FLIST), None)
+                if victim is not None:
+                    self._flists.pop(victim)
             self._flists[opts] = flist
         return flist
 

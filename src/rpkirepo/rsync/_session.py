@@ -148,11 +148,11 @@ ITEM_TRANSFER: Final = 1 << 15
 CF_SAFE_FLIST: Final = 0x08
 CF_CHKSUM_SEED_FIX: Final = 0x20
 CF_VARINT_FLIST_FLAGS: Final = 0x80
-#: What we offer when the client negotiates (its ``-e`` info has ``v``), best first: the
-#: checksums we compute, and the compressors whose stream we send (zlibx and zlib differ only
-#: in matched data, which we never send).  Both sides pick the first name of their own list
-#: that the other offers; the client's list is in rsync's order (strongest first), so an
-#: honest client and we agree.
+#: What we offer when the client negotiates (its ``-e`` info has ``v``): the checksums we
+#: compute, and the compressors whose stream we send (zlibx and zlib differ only in matched
+#: data, which we never send).  A client takes the name of our list it ranks highest (its
+#: own list is its ranking), so we take the first name of its list that we offer: the same
+#: pick, whatever order its list is in (RSYNC_CHECKSUM_LIST).
 CHECKSUM_OFFER: Final = (Checksum.XXH128, Checksum.MD5)
 COMPRESS_OFFER: Final = ("zlibx", "zlib")
 #: rsync's MAX_NSTR_STRLEN less its NUL: the longest name list either side may send.
@@ -522,6 +522,7 @@ class Session:
         else:
             self._send_message(Msg.ERROR, f"rsync: {text}\n")
         self._producer = None
+        self._list_job = None
         self.state = transition(self.state, "fail")
         self._end(exc.reason, str(exc))
 
@@ -701,7 +702,7 @@ class Session:
 
     def _read_negotiation(self) -> None:
         """The client's checksum list (and compressor list with ``-z``): we take the first
-        name of our offer that it has (the client's own pick, see :data:`CHECKSUM_OFFER`)."""
+        name of it that we offer (the client's own pick, see :data:`CHECKSUM_OFFER`)."""
         args = self.args
         assert args is not None
         sums = not args.checksum_choice
@@ -711,7 +712,8 @@ class Session:
         self._raw.commit()
         chosen: Checksum | None = self.checksum
         if sums:
-            chosen = next((c for c in CHECKSUM_OFFER if c.value.encode() in checksums), None)
+            offer = {c.value.encode(): c for c in CHECKSUM_OFFER}
+            chosen = next((offer[n] for n in checksums if n in offer), None)
         if chosen is None:
             raise RemoteProtocolError(
                 Reason.RSYNC_NEGOTIATION,

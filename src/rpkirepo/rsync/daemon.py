@@ -22,6 +22,7 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,9 @@ READ_SIZE = 16 * 1024
 #: client reads slowly holds at most about one chunk in Python.
 WRITE_CHUNK = 16 * 1024
 CLOSE_GRACE = 2.0
+#: Threads that build file lists (the first client of an option set): their own pool, so
+#: builds never hold up revision loads; builds of one revision run one at a time anyway.
+LIST_BUILDERS = 2
 
 
 @dataclass
@@ -87,6 +91,7 @@ class RsyncDaemon:
         self._servers: list[asyncio.Server] = []
         self._poller: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._list_pool = ThreadPoolExecutor(LIST_BUILDERS, thread_name_prefix="rsync-flist")
 
     # --- revisions ----------------------------------------------------------------------
 
@@ -140,6 +145,7 @@ class RsyncDaemon:
             await server.wait_closed()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._list_pool.shutdown(wait=False, cancel_futures=True)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -245,8 +251,16 @@ class RsyncDaemon:
                 if session.list_wanted:
                     # A list this revision has not built yet (the first client with these
                     # options): built in a worker thread, so other sessions go on meanwhile.
+                    # The session's deadlines run; a build cut off still finishes (and is
+                    # cached) in its thread.
+                    timeout, reason = budget()
                     try:
-                        flist = await asyncio.to_thread(session.build_list)
+                        async with asyncio.timeout(max(timeout, 0)):
+                            flist = await loop.run_in_executor(self._list_pool, session.build_list)
+                    except TimeoutError:
+                        session.abort(reason, "timeout building the file list")
+                        await self._flush(session, writer)
+                        return
                     except RpkiRepoError as exc:
                         session.list_failed(exc)
                         raise

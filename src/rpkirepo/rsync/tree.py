@@ -326,6 +326,7 @@ def load_revision(
             )
         if spool is not None and not spool.finish():
             spool = None
+        revision = builder.build(source, spool)  # raises on a name given twice
     except OSError as exc:
         source.close()
         if spool is not None:
@@ -336,7 +337,6 @@ def load_revision(
         if spool is not None:
             spool.close()
         raise
-    revision = builder.build(source, spool)
     if spool is not None and revision.spool is None:
         log.warning("revision %s: spool not in position order, not used", revision.name)
         spool.close()
