@@ -72,6 +72,16 @@ class ServerArgs:
         if not 0 <= self.compress_level <= 9:
             raise ValueError("compress_level out of range")
 
+    @property
+    def open_checksum(self) -> bool:
+        """The checksum is left to negotiation (no ``--checksum-choice``)."""
+        return not self.checksum_choice
+
+    @property
+    def open_compressor(self) -> bool:
+        """The client compresses and leaves the compressor to negotiation."""
+        return self.compress and not self.compress_choice
+
 
 def _refuse(
     detail: str, arg: str = "", reason: Reason = Reason.RSYNC_ARGUMENT

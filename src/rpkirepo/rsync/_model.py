@@ -67,6 +67,7 @@ __all__ = [
     "spool_segment",
     "validate_name",
     "xxh128",
+    "xxh128_bytes",
 ]
 
 DIR_MODE: Final = 0o040755
@@ -115,7 +116,12 @@ def xxh128(data: bytes | memoryview) -> bytes:
     """rsync's ``xxh128`` digest of ``data``: XXH3-128 without a seed, the low 64 bits then the
     high 64 bits, each little-endian (checksum.c ``sum_end``), i.e. the 128-bit value
     little-endian."""
-    return xxhash.xxh3_128_intdigest(data).to_bytes(16, "little")
+    return xxh128_bytes(xxhash.xxh3_128_intdigest(data))
+
+
+def xxh128_bytes(value: int) -> bytes:
+    """An XXH3-128 value as rsync sends it (see :func:`xxh128`)."""
+    return value.to_bytes(16, "little")
 
 
 def validate_name(path: bytes) -> None:
@@ -578,15 +584,21 @@ class Revision:
                 self._deflated_bytes -= len(cache.popitem(last=False)[1])
         return tokens
 
-    def response_body(self, pos: int, checksum: Checksum, level: int, seed: int) -> bytes:
-        """Everything sent for a file after the sum head echo: its token stream (literal, or
-        deflated at ``level`` > 0) and the whole-file checksum."""
+    def response_parts(
+        self, pos: int, checksum: Checksum, level: int, seed: int
+    ) -> tuple[bytes, bytes]:
+        """What is sent for a file after the sum head echo: its token stream (literal, or
+        deflated at ``level`` > 0) and its whole-file checksum (the body is read once)."""
         if checksum is Checksum.XXH128:
             data = self.content(pos)
             tokens = self.deflated(pos, level, data) if level else b"".join(literal_tokens(data))
-            return tokens + xxh128(data)
+            return tokens, xxh128(data)
         tokens = self.deflated(pos, level) if level else b"".join(literal_tokens(self.content(pos)))
-        return tokens + self.transfer_sum(pos, checksum, seed)
+        return tokens, self.transfer_sum(pos, checksum, seed)
+
+    def response_body(self, pos: int, checksum: Checksum, level: int, seed: int) -> bytes:
+        """:meth:`response_parts` as one piece."""
+        return b"".join(self.response_parts(pos, checksum, level, seed))
 
     # --- file lists ---------------------------------------------------------------------
 

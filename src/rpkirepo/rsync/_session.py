@@ -81,6 +81,7 @@ from rpkirepo.rsync._model import (
     check_scope,
     spool_file_offset,
     xxh128,
+    xxh128_bytes,
 )
 from rpkirepo.rsync._state import State, transition
 from rpkirepo.rsync._wire import (
@@ -691,11 +692,11 @@ class Session:
                 # compat.c negotiate_the_strings: both sides send their lists, then read the
                 # other's; the client sends its lists before it multiplexes.
                 # Only what the client did not choose itself is negotiated.
-                if not args.checksum_choice:
+                if args.open_checksum:
                     self._send_raw(vstring(" ".join(c.value for c in CHECKSUM_OFFER).encode()))
-                if args.compress and not args.compress_choice:
+                if args.open_compressor:
                     self._send_raw(vstring(" ".join(COMPRESS_OFFER).encode()))
-                if not args.checksum_choice or (args.compress and not args.compress_choice):
+                if args.open_checksum or args.open_compressor:
                     self.state = transition(self.state, "negotiate")
                     return
         self._start_transfer()
@@ -705,8 +706,7 @@ class Session:
         name of it that we offer (the client's own pick, see :data:`CHECKSUM_OFFER`)."""
         args = self.args
         assert args is not None
-        sums = not args.checksum_choice
-        compress = args.compress and not args.compress_choice
+        sums, compress = args.open_checksum, args.open_compressor
         checksums = read_vstring(self._raw, MAX_NAME_LIST).split() if sums else []
         compressors = read_vstring(self._raw, MAX_NAME_LIST).split() if compress else []
         self._raw.commit()
@@ -1212,12 +1212,9 @@ class Session:
         # A large file: produced lazily, one frame at a time.
         self._send_data(head)
         if level:
-            data = revision.content(pos) if self.checksum is Checksum.XXH128 else None
-            tokens = revision.deflated(pos, level, data)
-            checksum = xxh128(data) if data is not None else None
-            if checksum is None:
-                checksum = revision.transfer_sum(pos, self.checksum, self._seed)
-            self._producer = _slices(tokens, checksum)
+            self._producer = _slices(
+                *revision.response_parts(pos, self.checksum, level, self._seed)
+            )
         elif self.checksum is Checksum.XXH128:
             self._producer = _read_literal(revision, pos, None)
         else:
@@ -1339,6 +1336,6 @@ def _read_literal(revision: Revision, pos: int, checksum: bytes | None) -> Itera
         yield _I32.pack(n) + chunk
     yield _ZERO4
     if hasher is not None:
-        checksum = hasher.intdigest().to_bytes(16, "little")
+        checksum = xxh128_bytes(hasher.intdigest())
     assert checksum is not None
     yield checksum
