@@ -341,3 +341,37 @@ def test_held_files_index_equals_the_range_queries(tmp_path: Path) -> None:
             if "/" not in path[len(prefix) :]
         }
         assert index.get(d, {}) == expected, d
+
+
+@pytest.mark.parametrize("held_rows", [100_000, 0])
+def test_parse_cache_read_in_one_scan_or_per_lookup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held_rows: int
+) -> None:
+    """The walk's parse cache gives the same answers whether it was read in one scan (small) or
+    is asked entry by entry (above ``_HELD_PARSE_ROWS``); unused entries are dropped at the end
+    and a damaged file is replaced."""
+    from rpkirepo.fetch import walk
+
+    monkeypatch.setattr(walk, "_HELD_PARSE_ROWS", held_rows)
+    path = tmp_path / "walk.db"
+    cache = walk._ParseCache(path)
+    cache.put(b"a" * 32, "mft", ["1", [["x.roa", "00"]]])
+    cache.put(b"b" * 32, "cer", ["ca", ["rsync://h/m/"], [], []])
+    cache.close()
+
+    cache = walk._ParseCache(path)
+    assert (cache.held is not None) == (held_rows > 0)
+    assert cache.get(b"a" * 32, "mft") == ["1", [["x.roa", "00"]]]
+    assert cache.get(b"a" * 32, "cer") is None  # the kind is part of the key
+    assert cache.get(b"c" * 32, "mft") is None
+    cache.close()  # b was not used this run: dropped
+
+    cache = walk._ParseCache(path)
+    assert cache.get(b"b" * 32, "cer") is None
+    assert cache.get(b"a" * 32, "mft") == ["1", [["x.roa", "00"]]]
+    cache.close()
+
+    path.write_bytes(b"not a database" * 100)
+    cache = walk._ParseCache(path)
+    assert cache.get(b"a" * 32, "mft") is None
+    cache.close()

@@ -162,6 +162,8 @@ class _Visit:
 _PARSE_CACHE_BATCH: Final = 4096
 #: Stores with at most this many objects are indexed in one scan (see _index_objects).
 _HELD_INDEX_ROWS: Final = 200_000
+#: A parse cache of at most this many entries is read in one scan (~300 bytes an entry).
+_HELD_PARSE_ROWS: Final = 100_000
 
 
 class _ParseCache:
@@ -182,6 +184,9 @@ class _ParseCache:
         self.used: set[bytes] = set()
         #: Entries parsed this run, written in one statement at :meth:`close`.
         self.new: dict[tuple[bytes, str], str] = {}
+        #: Every entry, read in one scan when there are at most ``_HELD_PARSE_ROWS`` (a query
+        #: per CA costs more than the scan); None: look each one up.
+        self.held: dict[tuple[bytes, str], str] | None = self._load()
 
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path)
@@ -191,9 +196,23 @@ class _ParseCache:
         )
         return conn
 
+    def _load(self) -> dict[tuple[bytes, str], str] | None:
+        try:
+            (rows,) = self.conn.execute("SELECT COUNT(*) FROM parsed").fetchone()
+            if rows > _HELD_PARSE_ROWS:
+                return None
+            rows = self.conn.execute("SELECT sha256, kind, value FROM parsed")
+            return {(bytes(digest), kind): text for digest, kind, text in rows}
+        except sqlite3.DatabaseError:
+            return None
+
     def get(self, digest: bytes, kind: str) -> Any:
         text = self.new.get((digest, kind))
-        if text is None:
+        if text is None and self.held is not None:
+            text = self.held.get((digest, kind))
+            if text is None:
+                return None
+        elif text is None:
             row = self.conn.execute(
                 "SELECT value FROM parsed WHERE sha256=? AND kind=?", (digest, kind)
             ).fetchone()
@@ -252,6 +271,8 @@ class _Walk:
         #: Per store: directory -> {name: SHA-256} of every object, read in one scan (None: the
         #: store is too large for that, so each publication point is one range query).
         self.held_index: dict[RepositoryKey, dict[str, dict[str, bytes]] | None] = {}
+        #: Per store: whether it has a current tree, asked once after each of its updates.
+        self.copies: dict[RepositoryKey, bool] = {}
         self.manifest_numbers = self._load_manifest_numbers()
         self.pool = cf.ThreadPoolExecutor(
             max_workers=max(1, opts.concurrency), thread_name_prefix="fetch"
@@ -323,6 +344,7 @@ class _Walk:
             if stale is not None:
                 stale.close()
             self.held_index.pop(key, None)
+            self.copies.pop(key, None)
             self.progress("repositories", len(self.updates), len(self.stores))
             self.release(key)
 
@@ -409,7 +431,10 @@ class _Walk:
         store = self.stores[key]
         pp = PubPointReport(ca.uri, repo.uri, mft.uri, key.uri, ca.depth)
         self.report.publication_points.append(pp)
-        if not store.has_copy():
+        has_copy = self.copies.get(key)
+        if has_copy is None:
+            has_copy = self.copies[key] = store.has_copy()
+        if not has_copy:
             pp.reasons.append(Reason.FETCH_NO_REPOSITORY.value)
             return
         held = self._held_files(store, repo)
