@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -204,3 +205,96 @@ def test_helper_ignores_ctrl_c(tmp_path: Path) -> None:
     writer.write("a/c.roa", b"y" * 100, 2)
     writer.close()
     assert (tree.root / "a/c.roa").read_bytes() == b"y" * 100
+
+
+def test_frames_larger_than_the_read_buffer(tmp_path: Path) -> None:
+    """Objects larger than the helper's read buffer (it grows), between small ones, and frames
+    split across reads arrive whole and in order."""
+    tree = TreeWriter.new_tree(tmp_path, "", None)
+    writer = BackgroundTree(tree, spawn_after=1)
+    files = {f"d{i % 3}/f{i}.roa": bytes([i]) * (100 + 37 * i) for i in range(200)}
+    files["big/a.roa"] = os.urandom(5 << 20)
+    files["big/b.roa"] = os.urandom(9 << 20)
+    files["d0/last.roa"] = b"after the large ones"
+    for i, (rel, data) in enumerate(files.items()):
+        writer.write(rel, data, 1_600_000_000 + i)
+    writer.close()
+    assert _tree_of(tree.root) == {
+        rel: (data, 1_600_000_000 + i) for i, (rel, data) in enumerate(files.items())
+    }
+    assert tree.files_written == len(files)
+
+
+def test_helper_makes_missing_directories_in_a_reused_tree(tmp_path: Path) -> None:
+    """A tree that is not fresh knows none of its directories: the helper makes those missing
+    (with their ancestors) and uses those that exist, for writes and links alike."""
+    source = TreeWriter.new_tree(tmp_path, "", None)
+    source.write("x/y/z/linked.roa", b"l" * 100, 5)
+    source.finish()
+    tree = TreeWriter.new_tree(tmp_path, "", None)
+    tree.write("a/old.roa", b"o" * 100, 1)
+    reused = TreeWriter(tree.root, "", source.root)
+    writer = BackgroundTree(reused, spawn_after=1)
+    writer.write("a/new.roa", b"n" * 100, 2)  # existing directory
+    writer.write("b/c/d/new.roa", b"m" * 100, 3)  # three missing
+    writer.link("x/y/z/linked.roa")
+    writer.close()
+    reused.finish()
+    assert _tree_of(tree.root) == {
+        "a/old.roa": (b"o" * 100, 1),
+        "a/new.roa": (b"n" * 100, 2),
+        "b/c/d/new.roa": (b"m" * 100, 3),
+        "x/y/z/linked.roa": (b"l" * 100, 5),
+    }
+    assert {"", "a", "b", "b/c", "b/c/d", "x", "x/y", "x/y/z"} <= reused.touched_dirs
+    assert os.stat(tree.root / "b/c").st_mtime == DIR_MTIME
+
+
+def test_helper_directory_error_names_the_object(tmp_path: Path) -> None:
+    """A directory that cannot be made (a file holds its name) is STORAGE_IO with the system's
+    reason and the object's path in the tree."""
+    tree = TreeWriter.new_tree(tmp_path, "", None)
+    (tree.root / "f").write_bytes(b"a file")
+    writer = BackgroundTree(tree, spawn_after=1)
+    writer.write("f/x.roa", b"x" * 100, 1)
+    with pytest.raises(StorageError) as info:
+        writer.close()
+    assert info.value.reason is Reason.STORAGE_IO
+    assert info.value.detail == os.strerror(errno.EEXIST)
+    assert info.value.context == {"path": "f/x.roa"}
+
+
+def test_helper_create_error_is_tree_writers(tmp_path: Path) -> None:
+    """A failed create answers what TreeWriter raises in-process: reason, detail, context."""
+    errors = []
+    for spawn_after in (1, 10_000):
+        tree = TreeWriter.new_tree(tmp_path, "", None)
+        os.makedirs(tree.root / "d")
+        (tree.root / "d/clash.roa").write_bytes(b"x")
+        writer = BackgroundTree(tree, spawn_after=spawn_after)
+        writer.write("d/clash.roa", b"y" * 64, 1)
+        with pytest.raises(StorageError) as info:
+            writer.close()
+        path = str(info.value.context["path"])
+        assert path == os.path.join(tree.root, "d/clash.roa")
+        errors.append((info.value.reason, info.value.detail, path.replace(str(tree.root), "")))
+    assert errors[0] == errors[1]
+
+
+def test_write_timed_helper_agrees_with_in_process(tmp_path: Path, corpus_dir: Path) -> None:
+    """The helper's times and fallback reasons are exactly MtimeRule's, as applied in-process."""
+    objects = _corpus_objects(corpus_dir)
+    rule = MtimeRule(1_700_000_000, DEFAULT_LIMITS)
+    results = []
+    for spawn_after in (1, 10_000):
+        writer = BackgroundTree(TreeWriter.new_tree(tmp_path, "", None), rule=rule,
+                                spawn_after=spawn_after)  # fmt: skip
+        for rel, data in objects.items():
+            writer.write_timed(rel, data)
+        writer.close()
+        results.append((list(writer.times), writer.fallbacks))
+    assert results[0] == results[1]
+    assert results[0][1]  # (garbage.roa)
+    assert [rule(data, rel) for rel, data in objects.items()] == [
+        (t, dict(results[0][1]).get(i)) for i, t in enumerate(results[0][0])
+    ]

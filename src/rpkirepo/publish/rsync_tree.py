@@ -27,7 +27,6 @@ import os
 import queue
 import secrets
 import shutil
-import struct
 import subprocess
 import sys
 import threading
@@ -40,6 +39,7 @@ from rpkirepo.errors import Reason, StorageError
 from rpkirepo.fsutil import TMP_PREFIX, write_all
 from rpkirepo.limits import Limits
 from rpkirepo.objects import mtime_of
+from rpkirepo.publish._tree_child import HEADER, make_dir
 
 __all__ = ["DIR_MTIME", "BackgroundTree", "MtimeRule", "TreeWriter", "slot_name"]
 
@@ -52,10 +52,17 @@ _CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 #: imports (the mtime rule).
 _CHILD: Final = os.fspath(Path(__file__).with_name("_tree_child.py"))
 _PACKAGE_ROOT: Final = os.fspath(Path(__file__).resolve().parents[2])
-#: Its frame header (op, path length, data length, mtime); see ``_tree_child.py``.
-_HEADER: Final = struct.Struct("<cIIq")
+#: os.fsencode's arguments, for the paths framed to it (without fsencode's per-call checks).
+_FS_ENCODING: Final = sys.getfilesystemencoding()
+_FS_ERRORS: Final = sys.getfilesystemencodeerrors()
 #: Frames are sent to the helper in writes of about this size; also its pipe's capacity.
 _FLUSH_BYTES: Final = 1 << 20
+#: What a frame counts toward ``_FLUSH_BYTES`` besides its path and data: its header, and the
+#: objects that hold its pieces until they are written (a chunk of links, small frames, stays
+#: about 1 MiB of memory in the queue too).
+_FRAME_COST: Final = HEADER.size + 96
+#: Buffers one writev takes (Linux: 1024).
+_IOV_MAX: Final = max(16, os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 16)
 _F_SETPIPE_SZ: Final = 1031
 #: Operations a BackgroundTree holds before it starts its helper (fewer: done in-process).
 SPAWN_AFTER = 512
@@ -118,7 +125,7 @@ class TreeWriter:
     def _parent(self, relpath: str) -> str:
         full, new_dir = self.plan_parent(relpath)
         if new_dir is not None:
-            os.makedirs(os.path.join(self.root, new_dir), mode=0o755, exist_ok=True)
+            make_dir(os.path.join(self.root, new_dir))
         return full
 
     def plan_parent(self, relpath: str) -> tuple[str, str | None]:
@@ -233,8 +240,8 @@ def reuse_tree(revisions: Path, name: str, prefix: str, link_source: Path) -> Tr
 def perform(tree: TreeWriter, rule: MtimeRule | None, op: str, relpath: str, data: bytes,
             mtime: int, times: array[int], fallbacks: list[tuple[int, str]]) -> None:  # fmt: skip
     """One :class:`BackgroundTree` operation (``w`` write, ``t`` write with ``rule``'s mtime,
-    appended to ``times``, ``l`` link), wherever it runs: in its helper or, for a few, at
-    :meth:`BackgroundTree.close`."""
+    appended to ``times``, ``l`` link) in this process: the few it holds, at
+    :meth:`BackgroundTree.close`.  Its helper does the same (``_tree_child.py``)."""
     if op == "t":
         if rule is None:
             raise StorageError(Reason.STORAGE_UNEXPECTED, "no mtime rule given", path=relpath)
@@ -258,12 +265,13 @@ class BackgroundTree:
     and the mtime rule are Python work of about the same size.  A writer *thread* beside the
     parser was tried first: every syscall of it hands the GIL back and waits for it again, so
     the two mostly took turns on one core.  A helper process (``_tree_child.py``) performs the
-    operations with a TreeWriter of its own on the other core (:func:`perform`, as this side
-    does for the few it keeps); this side keeps the bookkeeping (the tree's directories,
-    touched directories and counts) and streams it framed operations through a pipe.  A feeder
-    thread does the pipe writes (one syscall per MiB) from a bounded queue, so a burst of
-    operations (a batch of 2,000 objects is ~5 MB) does not make the parser wait for the helper
-    to catch up; at most ``_QUEUED_CHUNKS`` MiB are in flight.
+    operations on the other core, with the syscalls TreeWriter makes (:func:`perform`, as this
+    side does for the few it keeps); this side keeps the bookkeeping (the tree's directories,
+    touched directories and counts) and streams it framed operations through a pipe, each
+    saying whether its directory is new (so the helper plans nothing).  A feeder thread does
+    the pipe writes (a writev of the frames' pieces per MiB) from a bounded queue, so a burst
+    of operations (a batch of 2,000 objects is ~5 MB) does not make the parser wait for the
+    helper to catch up; at most ``_QUEUED_CHUNKS`` MiB are in flight.
 
     A few operations are not worth a process: until ``spawn_after`` operations (or
     ``spawn_bytes``) are queued nothing is started, and :meth:`close` performs what it holds
@@ -280,7 +288,7 @@ class BackgroundTree:
         self.times = array("q")
         self.fallbacks: list[tuple[int, str]] = []
         self._timed = 0
-        self._held: list[tuple[str, str, bytes, int]] = []
+        self._held: list[tuple[bytes, str, bytes, int]] = []
         self._held_bytes = 0
         self._spawn_after = SPAWN_AFTER if spawn_after is None else spawn_after
         self._spawn_bytes = spawn_bytes
@@ -288,30 +296,33 @@ class BackgroundTree:
         self._frames: list[bytes] = []
         self._frame_bytes = 0
         self._closed = False
-        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED_CHUNKS)
+        #: Frames, each as pieces (header, path, data), handed whole to the feeder thread.
+        self._chunks: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=_QUEUED_CHUNKS)
         self._feeder: threading.Thread | None = None
         self._feed_failed = False
 
     # ------------------------------------------------------------------ queueing
 
     def write(self, relpath: str, data: bytes, mtime: int) -> None:
-        self._queue("w", relpath, data, mtime)
+        self._queue(b"w", relpath, data, mtime)
 
     def write_timed(self, relpath: str, data: bytes) -> int:
         """Like :meth:`write`, with the mtime by ``rule`` (RFC 9589), found where the file is
         written.  Returns the index of its mtime in :attr:`times` (filled by :meth:`close`)."""
         if self.rule is None:
             raise StorageError(Reason.STORAGE_UNEXPECTED, "no mtime rule given", path=relpath)
-        self._queue("t", relpath, data, 0)
+        self._queue(b"t", relpath, data, 0)
         self._timed += 1
         return self._timed - 1
 
     def link(self, relpath: str) -> None:
         if self.tree.link_source is None:
             raise StorageError(Reason.STORAGE_UNEXPECTED, "no tree to link from", path=relpath)
-        self._queue("l", relpath, b"", 0)
+        self._queue(b"l", relpath, b"", 0)
 
-    def _queue(self, op: str, relpath: str, data: bytes, mtime: int) -> None:
+    def _queue(self, op: bytes, relpath: str, data: bytes, mtime: int) -> None:
+        """Hold the operation until the helper runs, or frame it for the helper (the bookkeeping
+        done here: the frame says whether the helper must make the file's directory)."""
         if self._closed:
             raise StorageError(Reason.STORAGE_UNEXPECTED, "tree writer already closed")
         if self._proc is None:
@@ -320,24 +331,17 @@ class BackgroundTree:
             if len(self._held) >= self._spawn_after or self._held_bytes >= self._spawn_bytes:
                 self._spawn()
             return
-        self._encode(op, relpath, data, mtime)
-        if self._frame_bytes >= _FLUSH_BYTES:
-            self._flush()
-
-    def _encode(self, op: str, relpath: str, data: bytes, mtime: int) -> None:
         tree = self.tree
-        full, _ = tree.plan_parent(relpath)  # (the helper's own TreeWriter makes the directory)
-        self._frame(op.encode(), full, data, mtime)
-        if op != "l":
+        full, new_dir = tree.plan_parent(relpath)
+        raw = full.encode(_FS_ENCODING, _FS_ERRORS)
+        header = HEADER.pack(op, new_dir is not None, len(raw), len(data), mtime)
+        self._frames += (header, raw, data)  # (the feeder writes the pieces, never joined)
+        size = self._frame_bytes + _FRAME_COST + len(raw) + len(data)
+        self._frame_bytes = size
+        if op != b"l":
             tree.files_written += 1
-
-    def _frame(self, op: bytes, path: str, data: bytes, mtime: int) -> None:
-        raw = os.fsencode(path)
-        self._frames.append(_HEADER.pack(op, len(raw), len(data), mtime))
-        self._frames.append(raw)
-        if data:
-            self._frames.append(data)
-        self._frame_bytes += _HEADER.size + len(raw) + len(data)
+        if size >= _FLUSH_BYTES:
+            self._flush()
 
     # ------------------------------------------------------------------ the helper
 
@@ -370,14 +374,20 @@ class BackgroundTree:
         self._feeder.start()
         held, self._held, self._held_bytes = self._held, [], 0
         for item in held:
-            self._encode(*item)
+            self._queue(*item)  # (framed now: the helper runs)
 
     def _feed(self, fd: int) -> None:
-        while (chunk := self._chunks.get()) is not None:
+        while (pieces := self._chunks.get()) is not None:
             if self._feed_failed:
                 continue  # drain until the end marker
             try:
-                write_all(fd, chunk)
+                # The frames' pieces as they are (no copy into one buffer on this side), at
+                # most IOV_MAX a call; a short write (a signal) finishes with write_all.
+                for i in range(0, len(pieces), _IOV_MAX):
+                    group = pieces[i : i + _IOV_MAX]
+                    done = os.writev(fd, group)
+                    if done != sum(map(len, group)):
+                        write_all(fd, b"".join(group)[done:])
             except OSError:  # the helper stopped: close() or the next flush says why
                 self._feed_failed = True
 
@@ -385,10 +395,9 @@ class BackgroundTree:
         if self._feed_failed:
             self._stop_feeder()
             self._fail()
-        data = b"".join(self._frames)
-        self._frames.clear()
+        pieces, self._frames = self._frames, []
         self._frame_bytes = 0
-        self._chunks.put(data)
+        self._chunks.put(pieces)
 
     def _stop_feeder(self) -> None:
         if self._feeder is not None:
@@ -438,11 +447,12 @@ class BackgroundTree:
         if self._proc is None:
             held, self._held = self._held, []
             for op, relpath, data, mtime in held:
-                perform(self.tree, self.rule, op, relpath, data, mtime, self.times, self.fallbacks)
+                perform(self.tree, self.rule, op.decode(), relpath, data, mtime,
+                        self.times, self.fallbacks)  # fmt: skip
             return
         proc = self._proc
         assert proc.stdout is not None
-        self._frame(b"e", "", b"", 0)
+        self._frames.append(HEADER.pack(b"e", False, 0, 0, 0))
         self._flush()
         self._stop_feeder()
         answer = proc.stdout.readline()
