@@ -20,9 +20,10 @@ from __future__ import annotations
 import os
 import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, NoReturn
 
 from rpkirepo.errors import Reason, RemoteProtocolError
 from rpkirepo.limits import DEFAULT_LIMITS
@@ -92,12 +93,18 @@ def _check_common(uri: str, scheme: str, max_length: int) -> str:
     return uri[len(prefix) :]
 
 
+def _check_port(port_text: str, uri: str) -> int:
+    """RFC 3986 §3.2.3: a port is decimal digits; 0 and anything above 65535 name no TCP port."""
+    if not port_text.isdigit() or len(port_text) > 5:
+        raise _fail(Reason.URI_BAD_HOST, "bad port", uri)
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise _fail(Reason.URI_BAD_HOST, "bad port", uri)
+    return port
+
+
 def _check_host(host: str, port_text: str | None, uri: str) -> tuple[str, int | None]:
-    port: int | None = None
-    if port_text is not None:
-        if not port_text.isdigit() or len(port_text) > 5 or not (1 <= int(port_text) <= 65535):
-            raise _fail(Reason.URI_BAD_HOST, "bad port", uri)
-        port = int(port_text)
+    port = None if port_text is None else _check_port(port_text, uri)
     if host == "":
         raise _fail(Reason.URI_BAD_HOST, "empty host", uri)
     if host in (".", "..") or host.startswith(".") or ".." in host:
@@ -126,7 +133,27 @@ def _split_path(path: str, uri: str) -> tuple[tuple[str, ...], bool]:
     return segments, is_dir
 
 
-@dataclass(frozen=True, slots=True)
+# Directory prefixes already seen in a valid rsync URI.  A snapshot names many objects per
+# directory, so most URIs repeat a prefix ``rsync://host[:port]/module/dir/.../`` (everything up
+# to and including the last slash) that an earlier URI proved valid; for those only the last
+# segment is left to check.  The key is the exact prefix text (host case included) without its
+# final slash, the value the fields it fixes: (folded host, port, module, offset of the path
+# below the module).  Only prefixes that include the slash after the module are stored, so the
+# module never depends on the last segment.  The cache only ever *accepts*: a miss, or a last
+# segment that is not plainly valid, takes the full check, which gives the precise refusal.
+#
+# Bounded so that hostile input cannot grow memory: at most _DIR_CACHE_MAX_ENTRIES prefixes of
+# at most _DIR_CACHE_MAX_PREFIX characters each, about 9 MiB at the very worst (real prefixes
+# are under 150 characters: about 3 MiB when full); when full it is emptied and refills from the
+# next URIs.  8192 holds every directory of a large publication point even when its snapshot
+# is not ordered by directory.  Thread safety: only single get / set / clear / len calls, each
+# atomic under the GIL; the cache is never iterated.
+_DIR_CACHE_MAX_ENTRIES: Final = 8192
+_DIR_CACHE_MAX_PREFIX: Final = 512
+_dir_cache: Final[dict[str, tuple[str, int | None, str, int]]] = {}
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class RsyncUri:
     """An ``rsync://host[:port]/module[/path...]`` URI (RFC 5781), validated on construction.
 
@@ -140,26 +167,52 @@ class RsyncUri:
     path: str = field(init=False, compare=False, repr=False)
     """The path below the module, without leading slash (``""`` for the module itself)."""
 
-    def __post_init__(self) -> None:
-        uri = self.uri
-        if not isinstance(uri, str):
+    def __init__(self, uri: str) -> None:
+        # Written out rather than generated (the constructor is on the RRDP hot path): fields are
+        # set through their slot descriptors (_set_*, bound below the class), the same store
+        # object.__setattr__ makes on a frozen dataclass, minus the name lookup.
+        if type(uri) is str and len(uri) <= _ABSOLUTE_MAX_LENGTH:
+            directory, _, last = uri.rpartition("/")
+            known = _dir_cache.get(directory)
+            # A known directory plus one segment by validate_segment's rule (RFC 3986 pchar, not
+            # empty, no leading dot so no dot segment), or nothing: a directory URI.
+            if known is not None and (_FAST_SEGMENT.fullmatch(last) or not last):
+                host, port, module, start = known
+                _set_uri(self, uri)
+                _set_host(self, host)
+                _set_port(self, port)
+                _set_module(self, module)
+                # A trailing slash marks a directory; the path field never carries it.
+                _set_path(self, uri[start:] if last else uri[start:-1])
+                return
+        elif not isinstance(uri, str):
             raise _fail(Reason.URI_SYNTAX, "not a string", repr(uri))
-        m = _FAST_RSYNC.fullmatch(uri) if len(uri) <= _ABSOLUTE_MAX_LENGTH else None
-        if m is not None and ".." not in m["host"] and not m["host"].endswith("."):
-            port = m["port"]
-            host, port_num = (
-                _check_host(m["host"], port, uri) if port else (m["host"].lower(), None)
-            )
-            module, path = m["module"], m["path"]
         else:
-            host, port_num, module, path = self._slow_parse(uri)
-        object.__setattr__(self, "host", host)
-        object.__setattr__(self, "port", port_num)
-        object.__setattr__(self, "module", module)
-        object.__setattr__(self, "path", path.rstrip("/"))
+            directory = ""  # a str subclass (its methods may differ) or too long: never stored
+        m = _FAST_RSYNC.fullmatch(uri) if len(uri) <= _ABSOLUTE_MAX_LENGTH else None
+        # rrdp-checklist (b)18: no dot segment in the host, no trailing dot (see _check_host; the
+        # pattern already holds the host to DNS-name / IPv4 characters, not starting with "-").
+        if m is None or ".." in m["host"] or m["host"].endswith("."):
+            self._slow_parse(uri)  # finds the precise reason and raises it
+        port_text = m["port"]
+        host = m["host"].lower()
+        port = None if port_text is None else _check_port(port_text, uri)
+        module, path = m["module"], m["path"]
+        # Store the directory unless the module is the last segment (the directory would be just
+        # "rsync://host"); "" is never a key, or a string without a slash could hit it.
+        if 0 < len(directory) < _DIR_CACHE_MAX_PREFIX and m["slash"] is not None:
+            if len(_dir_cache) >= _DIR_CACHE_MAX_ENTRIES:
+                _dir_cache.clear()
+            _dir_cache[directory] = (host, port, module, m.start("path"))
+        _set_uri(self, uri)
+        _set_host(self, host)
+        _set_port(self, port)
+        _set_module(self, module)
+        _set_path(self, path.rstrip("/"))
 
     @staticmethod
-    def _slow_parse(uri: str) -> tuple[str, int | None, str, str]:
+    def _slow_parse(uri: str) -> NoReturn:
+        """The rule-by-rule check for a URI the fast pattern refused: raises the precise reason."""
         rest = _check_common(uri, "rsync", _ABSOLUTE_MAX_LENGTH)
         _host, _port, path, slash = _split_authority(rest, uri)
         if not slash:
@@ -208,6 +261,13 @@ class RsyncUri:
 
     def __str__(self) -> str:
         return self.uri
+
+
+_set_uri: Final[Callable[[RsyncUri, str], None]] = RsyncUri.__dict__["uri"].__set__
+_set_host: Final[Callable[[RsyncUri, str], None]] = RsyncUri.__dict__["host"].__set__
+_set_port: Final[Callable[[RsyncUri, int | None], None]] = RsyncUri.__dict__["port"].__set__
+_set_module: Final[Callable[[RsyncUri, str], None]] = RsyncUri.__dict__["module"].__set__
+_set_path: Final[Callable[[RsyncUri, str], None]] = RsyncUri.__dict__["path"].__set__
 
 
 @dataclass(frozen=True, slots=True)
