@@ -53,6 +53,22 @@ def make_dir(path: str | bytes) -> None:
         os.makedirs(path, 0o755, exist_ok=True)
 
 
+def link_file(src: str | bytes, dst: str | bytes) -> None:
+    """Hard-link ``src`` at ``dst`` (same inode, same mtime); copy it when the inode has too
+    many links (identical content in very many places).  Other failures: ``STORAGE_IO``."""
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno != errno.EMLINK:
+            from rpkirepo.errors import Reason, StorageError
+
+            path = os.fsdecode(src)
+            raise StorageError(Reason.STORAGE_IO, str(exc.strerror), path=path) from exc
+        import shutil
+
+        shutil.copy2(os.fsdecode(src), os.fsdecode(dst), follow_symlinks=False)
+
+
 def _die_with_parent(parent: int) -> None:
     """Linux: be killed when the parent dies (a kill -9 of a run must not leave us writing)."""
     try:
@@ -97,6 +113,18 @@ def main(argv: list[str]) -> int:
     os_open, os_write, os_utime, os_close, os_unlink = (
         os.open, os.write, os.utime, os.close, os.unlink
     )  # fmt: skip
+
+    def prepare(path: bytes, new_dir: bool) -> None:
+        """Before a create or link: the directory made when new, an old file of that name gone
+        (a reused tree)."""
+        if new_dir:
+            make_dir(path.rpartition(b"/")[0])
+        if not fresh:
+            try:  # noqa: SIM105 - per file: cheaper than contextlib.suppress
+                os_unlink(path)
+            except FileNotFoundError:
+                pass
+
     # Frames are read into one buffer and used in place: ``pos`` is where the next frame
     # starts, ``end`` where the bytes read end, ``need`` how many bytes from ``pos`` the next
     # frame needs before it can be taken (its header, then the whole frame).
@@ -159,25 +187,8 @@ def main(argv: list[str]) -> int:
                             "no tree to link from",
                             path=str(view[p:d], enc, errs),
                         )
-                    if new_dir:
-                        make_dir(path.rpartition(b"/")[0])
-                    if not fresh:
-                        try:  # noqa: SIM105 - per file: cheaper than contextlib.suppress
-                            os_unlink(path)
-                        except FileNotFoundError:
-                            pass
-                    src = link_root + view[p:d]
-                    try:
-                        os.link(src, path, follow_symlinks=False)
-                    except OSError as exc:
-                        if exc.errno != errno.EMLINK:
-                            raise StorageError(
-                                Reason.STORAGE_IO, str(exc.strerror), path=src.decode(enc, errs)
-                            ) from exc
-                        # Too many links to one inode: copy it.
-                        import shutil
-
-                        shutil.copy2(src, path, follow_symlinks=False)
+                    prepare(path, new_dir)
+                    link_file(link_root + view[p:d], path)
                     pos = stop
                     continue
                 elif op == b"e":
@@ -194,13 +205,7 @@ def main(argv: list[str]) -> int:
                         path=str(view[p:d], enc, errs),
                     )
                 # TreeWriter.write: a new file (never overwritten) with its mtime.
-                if new_dir:
-                    make_dir(path.rpartition(b"/")[0])
-                if not fresh:
-                    try:  # noqa: SIM105
-                        os_unlink(path)
-                    except FileNotFoundError:
-                        pass
+                prepare(path, new_dir)
                 try:
                     fd = os_open(path, _CREATE, 0o644)
                     try:

@@ -20,13 +20,11 @@ there is none.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
 import queue
 import secrets
-import shutil
 import subprocess
 import sys
 import threading
@@ -39,7 +37,7 @@ from rpkirepo.errors import Reason, StorageError
 from rpkirepo.fsutil import TMP_PREFIX, write_all
 from rpkirepo.limits import Limits
 from rpkirepo.objects import mtime_of
-from rpkirepo.publish._tree_child import HEADER, make_dir
+from rpkirepo.publish._tree_child import HEADER, link_file, make_dir
 
 __all__ = ["DIR_MTIME", "BackgroundTree", "MtimeRule", "TreeWriter", "slot_name"]
 
@@ -175,13 +173,7 @@ class TreeWriter:
         if not self.fresh:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(dst)
-        try:
-            os.link(src, dst, follow_symlinks=False)
-        except OSError as exc:
-            if exc.errno != errno.EMLINK:
-                raise StorageError(Reason.STORAGE_IO, str(exc.strerror), path=src) from exc
-            # Too many links to one inode (identical content in very many places): copy it.
-            shutil.copy2(src, dst, follow_symlinks=False)
+        link_file(src, dst)
 
     def remove(self, relpath: str) -> None:
         """Remove a file and any directories it leaves empty (up to the published base, which
