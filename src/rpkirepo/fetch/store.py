@@ -12,8 +12,11 @@ behind a ``current`` symlink swapped at the commit point.
 Updating a store is RRDP first; when RRDP fails (or the CA has no rpkiNotify) the rsync modules
 bound to the store are fetched with the native client (or the rsync binary), quick-checking
 every file against the current tree so that nothing already held is fetched again; the new tree
-replaces the old one at a single commit point (:func:`~rpkirepo.sync.mirror.adopt_tree`).  When
-both fail, the last good tree stays current (RFC 9286 §6.6; rrdp-checklist (b)24).
+replaces the old one at a single commit point (:func:`~rpkirepo.sync.mirror.adopt_tree`).  The
+client reports every file it puts in the new tree (the SHA-256 of what it received, or "linked
+from the current tree", whose row the state holds), and so do the modules carried over, so the
+tree is never read back to fill the state.  When both fail, the last good tree stays current
+(RFC 9286 §6.6; rrdp-checklist (b)24).
 """
 
 from __future__ import annotations
@@ -21,16 +24,25 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rpkirepo.errors import LimitExceeded, Reason, RpkiRepoError
+from rpkirepo.errors import LimitExceeded, Reason, RpkiRepoError, StorageError
 from rpkirepo.httpget import HttpOptions
 from rpkirepo.limits import DEFAULT_LIMITS, Limits
-from rpkirepo.sync.mirror import SyncOptions, SyncResult, adopt_tree, read_status, sync_once
+from rpkirepo.sync.mirror import (
+    FileReport,
+    SyncOptions,
+    SyncResult,
+    TreeFiles,
+    adopt_tree,
+    read_status,
+    sync_once,
+)
 from rpkirepo.sync.upstream import HttpUpstream
 from rpkirepo.uri import HttpsUri, RsyncUri, uri_to_relpath
 
@@ -207,7 +219,7 @@ class Store:
 
         fetched: list[ModuleFetch] = []
 
-        def build(root: Path, current: Path | None) -> None:
+        def build(root: Path, current: Path | None, files: TreeFiles) -> None:
             for text in wanted:
                 module = RsyncUri(text)
                 rel = uri_to_relpath(module)
@@ -216,6 +228,9 @@ class Store:
                 basis = current / rel if current is not None else None
                 if basis is not None and not basis.is_dir():
                     basis = None
+                # The client reports every file (its hash, or "linked from the basis"), so the
+                # tree is never read back (TreeFiles).
+                report = files.report(rel)
                 if time.monotonic() >= deadline:
                     raise LimitExceeded(
                         Reason.FETCH_REPOSITORY_DEADLINE,
@@ -231,6 +246,7 @@ class Store:
                         deadline=deadline,
                         include_extensions=RPKI_EXTENSIONS,
                         min_size=self.limits.min_object_size,
+                        on_file=report,
                     )
                 else:
                     result = fetch_module(
@@ -242,10 +258,12 @@ class Store:
                         protocol=self.rsync_protocol,
                         include_extensions=RPKI_EXTENSIONS,
                         min_size=self.limits.min_object_size,
+                        on_file=report,
                     )
                 fetched.append(result)
             if current is not None:
-                _link_other_modules(root, current, {uri_to_relpath(RsyncUri(m)) for m in wanted})
+                refreshed = {uri_to_relpath(RsyncUri(m)) for m in wanted}
+                _link_other_modules(root, current, refreshed, files)
 
         try:
             result = adopt_tree(self._options(deadline), build)
@@ -278,19 +296,49 @@ class Store:
         return value if isinstance(value, int) else 0
 
 
-def _link_other_modules(root: Path, current: Path, refreshed: set[str]) -> None:
-    """Carry the modules this rsync run did not fetch over from the current tree (links)."""
-    for host in sorted(os.listdir(current)):
-        host_dir = current / host
-        if not host_dir.is_dir() or host_dir.is_symlink():
-            continue
-        for module in sorted(os.listdir(host_dir)):
-            rel = f"{host}/{module}"
-            if rel in refreshed:
+def _link_other_modules(root: Path, current: Path, refreshed: set[str], files: TreeFiles) -> None:
+    """Carry the modules this rsync run did not fetch over from the current tree (links),
+    reported to ``files`` as links of the current tree's files, whose rows the state holds."""
+    try:
+        for host in sorted(os.listdir(current)):
+            if not _is_real_dir(current / host):
                 continue
-            src = host_dir / module
-            for dirpath, _dirnames, filenames in os.walk(src):
-                out = root / rel / os.path.relpath(dirpath, src)
-                out.mkdir(parents=True, exist_ok=True)
-                for name in filenames:
-                    os.link(os.path.join(dirpath, name), out / name, follow_symlinks=False)
+            for module in sorted(os.listdir(current / host)):
+                rel = f"{host}/{module}"
+                if rel not in refreshed and _is_real_dir(current / rel):
+                    _link_module(current / rel, root / rel, files.report(rel))
+    except OSError as exc:
+        raise StorageError(
+            Reason.STORAGE_IO, f"cannot carry a module over: {exc}", path=str(current)
+        ) from None
+
+
+def _link_module(src: Path, dest: Path, report: FileReport) -> None:
+    stack = [""]
+    while stack:
+        sub = stack.pop()
+        out = dest / sub
+        out.mkdir(parents=True, exist_ok=True)
+        with os.scandir(src / sub) as it:
+            for entry in it:
+                path = f"{sub}/{entry.name}" if sub else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(path)
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode):
+                    raise StorageError(
+                        Reason.STORAGE_UNEXPECTED,
+                        "not a regular file in the current tree",
+                        path=entry.path,
+                    )
+                os.link(entry.path, out / entry.name, follow_symlinks=False)
+                report(path, st.st_size, st.st_mtime_ns // 1_000_000_000, None)
+
+
+def _is_real_dir(path: Path) -> bool:
+    """A directory, not a symlink to one."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False

@@ -1161,15 +1161,220 @@ def sync_once(opts: SyncOptions, progress: Progress = _no_progress) -> SyncResul
         os.umask(old_umask)
 
 
-def adopt_tree(opts: SyncOptions, build: Callable[[Path, Path | None], None]) -> SyncResult:
+#: How a builder reports one regular file it put in an adopted tree: ``(path, size, mtime,
+#: sha256)``, the path relative to the directory it declared with :meth:`TreeFiles.report`, the
+#: mtime in whole seconds, and the SHA-256 of its bytes, or None for "a hard link (or copy) of
+#: the current tree's file at the same path".
+FileReport = Callable[[str, int, int, bytes | None], None]
+
+#: The placeholder ``sha256`` of a reported link until its row is resolved (never a digest).
+_UNRESOLVED: Final = b""
+
+
+class TreeFiles:
+    """What the builder of an adopted tree says it put there, so that :func:`adopt_tree` need
+    not read the tree back (a whole repository: seconds per 100k files).
+
+    :meth:`report` declares a directory *covered*: every regular file below it will be
+    reported, through the function it returns.  A file reported with its SHA-256 gets that row.
+    A file reported with None is a link of the current tree's file at the same path, which the
+    state already describes: it gets the state's row when that row has the reported size and
+    mtime, and is hashed otherwise.  Files outside every covered directory are hashed when the
+    tree is checked (:meth:`check`), as every file was before builders reported.  Rows go to
+    ``temp.incoming`` in batches of ``BATCH`` (so memory stays flat at any size), from the thread
+    that called :func:`adopt_tree`: the one SQLite allows on the state's connection.  The object
+    cap applies as files are reported, so a tree over it is refused before it is complete.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, cap: int) -> None:
+        self._conn = conn
+        self._cap = cap
+        self._batch: list[tuple[str, bytes, int, int]] = []
+        #: Directories (relative to the root, '/'-separated, '' for the root) whose files are
+        #: all reported.
+        self.covered: set[str] = set()
+        #: Files reported, and the sum of their paths' ``hash()``: checked against the tree.
+        self.reported = 0
+        self._names = 0
+        #: Files found outside the covered directories (hashed by :meth:`check`).
+        self.found = 0
+
+    @property
+    def count(self) -> int:
+        return self.reported + self.found
+
+    def report(self, prefix: str) -> FileReport:
+        """Cover ``prefix`` (a relative directory, '' for the whole tree) and return the
+        function that reports its files, by their paths below it."""
+        if prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
+            raise ValueError(f"not a relative directory: {prefix!r}")
+        self.covered.add(prefix)
+        batch = self._batch
+        head = f"{prefix}/" if prefix else ""
+
+        def add(path: str, size: int, mtime: int, sha256: bytes | None) -> None:
+            full = head + path
+            self.reported += 1
+            self._names += hash(full)
+            if self.reported + self.found > self._cap:
+                raise _too_many()
+            batch.append((full, _UNRESOLVED if sha256 is None else sha256, size, mtime))
+            if len(batch) >= BATCH:
+                self.flush()
+
+        return add
+
+    def flush(self) -> None:
+        """Write the waiting rows: in their own small transaction (on the temporary database
+        only) while the tree is being built, in the run's once it has begun."""
+        if not self._batch:
+            return
+        conn = self._conn
+        own = not conn.in_transaction
+        try:
+            if own:
+                conn.execute("BEGIN")
+            conn.executemany("INSERT INTO temp.incoming VALUES (?,?,?,?,NULL)", self._batch)
+            if own:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if own and conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.IntegrityError):
+                raise StorageError(
+                    Reason.STORAGE_UNEXPECTED, "a file of the new tree was reported twice"
+                ) from None
+            raise StorageError(
+                Reason.STORAGE_IO, f"cannot stage the new tree's rows: {exc}"
+            ) from exc
+        self._batch.clear()
+
+    def check(self, root: Path) -> None:
+        """Walk the new tree without reading it (entry types from the directory listing, one
+        ``lstat`` only where the filesystem does not give them): every entry must be a
+        directory or a regular file, and the files below covered directories must be exactly
+        the reported ones (their number and the sum of their paths' hashes); other files are
+        hashed here."""
+        seen = names = 0
+        stack = [("", "" in self.covered)]
+        while stack:
+            rel, covered = stack.pop()
+            try:
+                listing = os.scandir(os.path.join(root, rel))
+            except OSError as exc:
+                raise StorageError(
+                    Reason.STORAGE_IO, f"cannot list the new tree: {exc}", path=rel
+                ) from None
+            with listing as it:
+                for entry in it:
+                    path = f"{rel}/{entry.name}" if rel else entry.name
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append((path, covered or path in self.covered))
+                    elif not entry.is_file(follow_symlinks=False):
+                        raise StorageError(
+                            Reason.STORAGE_UNEXPECTED,
+                            "not a regular file in a fetched tree",
+                            path=entry.path,
+                        )
+                    elif covered:
+                        seen += 1
+                        names += hash(path)
+                    else:
+                        self._add_found(root, path)
+        if (seen, names) != (self.reported, self._names):
+            raise StorageError(
+                Reason.STORAGE_UNEXPECTED,
+                "the new tree does not hold exactly the files reported",
+                path=str(root),
+                found=seen,
+                reported=self.reported,
+            )
+
+    def _add_found(self, root: Path, path: str) -> None:
+        self.found += 1
+        if self.reported + self.found > self._cap:
+            raise _too_many()
+        digest, size, mtime = _hash_file(root, path)
+        self._batch.append((path, digest, size, mtime))
+        if len(self._batch) >= BATCH:
+            self.flush()
+
+    def resolve(self, root: Path) -> None:
+        """Inside the run's transaction, before the state's rows are replaced: give each
+        reported link the state's row for its path, or hash it when there is no row with its
+        size and mtime (the state and the current tree disagree: rare, and safe)."""
+        self.flush()
+        conn = self._conn
+        conn.execute(
+            "UPDATE temp.incoming SET sha256 = COALESCE((SELECT o.sha256 FROM objects o "
+            "WHERE o.path = incoming.path AND o.size = incoming.size "
+            "AND o.mtime = incoming.mtime), sha256) WHERE sha256 = ?",
+            (_UNRESOLVED,),
+        )
+        last = ""
+        while True:
+            paths = [
+                p
+                for (p,) in conn.execute(
+                    "SELECT path FROM temp.incoming WHERE path > ? AND sha256 = ? "
+                    "ORDER BY path LIMIT ?",
+                    (last, _UNRESOLVED, BATCH),
+                )
+            ]
+            if not paths:
+                return
+            log.info("%d linked files not in the state as they are: hashed", len(paths))
+            rows = []
+            for p in paths:
+                digest, size, mtime = _hash_file(root, p)
+                rows.append((digest, size, mtime, p))
+            conn.executemany(
+                "UPDATE temp.incoming SET sha256 = ?, size = ?, mtime = ? WHERE path = ?", rows
+            )
+            last = paths[-1]
+
+
+def _too_many() -> LimitExceeded:
+    return LimitExceeded(
+        Reason.TOO_MANY_OBJECTS,
+        "the fetched tree holds more objects than allowed",
+        limit="max_repository_objects",
+    )
+
+
+def _hash_file(root: Path, path: str) -> tuple[bytes, int, int]:
+    """(SHA-256, size, mtime) of the regular file ``root/path``, never through a final
+    symlink."""
+    full = os.path.join(root, path)
+    try:
+        fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StorageError(
+            Reason.STORAGE_UNEXPECTED, f"cannot read a file of the new tree: {exc}", path=full
+        ) from None
+    with open(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise StorageError(
+                Reason.STORAGE_UNEXPECTED, "not a regular file in a fetched tree", path=full
+            )
+        digest = hashlib.file_digest(f, "sha256").digest()
+    return digest, st.st_size, st.st_mtime_ns // 1_000_000_000
+
+
+def adopt_tree(
+    opts: SyncOptions, build: Callable[[Path, Path | None, TreeFiles], None]
+) -> SyncResult:
     """Make a tree built outside RRDP (``rpkirepo fetch``'s rsync fallback) the current one.
 
-    Under the lock, after the usual recovery: ``build(root, current)`` fills a fresh directory
-    ``root`` (paths as the store lays them out: ``host/module/path``), typically linking what
-    it still finds unchanged in ``current`` (the current tree, or None).  Every file is then
-    hashed into the state, the RRDP session is forgotten (the content no longer matches any
-    upstream serial, so the next RRDP run takes the snapshot), and the tree becomes current at
-    the same commit point as an RRDP update.  Any failure leaves the last good tree current.
+    Under the lock, after the usual recovery: ``build(root, current, files)`` fills a fresh
+    directory ``root`` (paths as the store lays them out: ``host/module/path``), typically
+    linking what it still finds unchanged in ``current`` (the current tree, or None), and
+    reports what it put there through ``files`` (:class:`TreeFiles`).  The tree is then checked
+    against the reports (a listing, no reads; unreported files are hashed), flushed to disk, and
+    its rows replace the state's; the RRDP session is forgotten (the content no longer matches
+    any upstream serial, so the next RRDP run takes the snapshot), and the tree becomes current
+    at the same commit point as an RRDP update.  Any failure leaves the last good tree current.
     """
     if opts.rrdp_output or not opts.rsync_enabled:
         raise ConfigError(Reason.CONFIG_INVALID, "adopt_tree is for object stores only")
@@ -1193,7 +1398,7 @@ def adopt_tree(opts: SyncOptions, build: Callable[[Path, Path | None], None]) ->
 
 
 def _adopt_locked(
-    run: _Run, state: State, build: Callable[[Path, Path | None], None]
+    run: _Run, state: State, build: Callable[[Path, Path | None, TreeFiles], None]
 ) -> SyncResult:
     run.recover(state)
     run.revisions.mkdir(parents=True, exist_ok=True)
@@ -1202,40 +1407,19 @@ def _adopt_locked(
     token = secrets.token_hex(6)
     root = run.revisions / f"{TMP_PREFIX}{token}"
     os.mkdir(root, 0o755)
-    cap = run.o.limits.max_repository_objects
     conn = state.connection
     name = f"rsync-{token}"
     try:
-        build(root, current_root)
+        # The rows are staged while the tree is built (a temporary table: nothing of the
+        # state changes before the transaction below).
+        _create_incoming(conn)
+        files = TreeFiles(conn, run.o.limits.max_repository_objects)
+        build(root, current_root, files)
+        files.check(root)
         sync_filesystem(root)
         state.begin()
-        _create_incoming(conn)
-        # Walked and hashed in batches: a million files never sit in memory at once.
-        batch: list[tuple[str, bytes, int, int]] = []
-        count = 0
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            for fname in sorted(filenames):
-                full = os.path.join(dirpath, fname)
-                st = os.lstat(full)
-                if not stat.S_ISREG(st.st_mode):
-                    raise StorageError(
-                        Reason.STORAGE_UNEXPECTED, "not a regular file in a fetched tree", path=full
-                    )
-                count += 1
-                if count > cap:
-                    raise LimitExceeded(
-                        Reason.TOO_MANY_OBJECTS,
-                        "the fetched tree holds more objects than allowed",
-                        limit="max_repository_objects",
-                    )
-                with open(full, "rb") as f:
-                    digest = hashlib.file_digest(f, "sha256").digest()
-                batch.append((os.path.relpath(full, root), digest, st.st_size, int(st.st_mtime)))
-                if len(batch) >= BATCH:
-                    conn.executemany("INSERT INTO incoming VALUES (?,?,?,?,NULL)", batch)
-                    batch.clear()
-        conn.executemany("INSERT INTO incoming VALUES (?,?,?,?,NULL)", batch)
+        files.resolve(root)
+        count = files.count
         held = conn.execute("SELECT COUNT(*) FROM objects").fetchone()[0]
         kept, modified = conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(o.sha256 != i.sha256), 0) "
