@@ -15,6 +15,9 @@ machine's load, and each figure's best round is kept (all rounds' values are in 
   ``SSL_clear``), so it offers the session it was given (TLS 1.3 ticket) and both servers, with
   tickets on by default, resume it: a PSK handshake with a fresh X25519 exchange, no certificate
   signature.  ``tls_cpu_us_per_conn``: the server's CPU per connection;
+  ``ssl_floor_us_per_conn`` (a reference, best of the rounds, measured before each round): the
+  CPU the stdlib ``ssl`` module alone spends on the server side of such a connection, in memory
+  with no sockets or event loop (:func:`ssl_floor`): what any server built on it pays at least;
 * ``idle_10k_rss_mb``: 10,000 plain keep-alive connections each make one request and then stay
   idle; the server's RSS (nginx: master + worker) is read from /proc while they are held, and
   ``rps_with_10k_idle`` is wrk's keep-alive rate on other connections meanwhile (last round);
@@ -49,6 +52,7 @@ import selectors
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -311,6 +315,80 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+REQUEST = b"GET /notification.xml HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+
+
+def ssl_floor(cert: Path, key: Path, n: int = 1500) -> float:
+    """Reference: the CPU the stdlib ``ssl`` module alone spends on the server side of one
+    connection as wrk makes it (a resumed TLS 1.3 handshake, one request, one ~2 KB answer,
+    close_notify both ways), in memory: no sockets, no event loop, no HTTP.  The server context
+    is the one ``rpkirepo serve`` builds.  Only the server's calls are timed (this thread's CPU
+    time); the client runs in the same thread, untimed.  Any Python server built on the stdlib
+    ``ssl`` module spends at least this per connection."""
+    from rpkirepo.serve._server import _tls_context
+
+    server = _tls_context(cert, key)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    answer = b"HTTP/1.1 200 OK\r\n" + b"x" * 300 + b"\r\n\r\n" + b"y" * 1700
+    session: ssl.SSLSession | None = None
+    spent = 0.0
+    reused = 0
+    clock = time.thread_time
+    for i in range(n + 1):
+        c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+        c = client.wrap_bio(c_in, c_out, server_hostname="localhost", session=session)
+        t = clock()
+        s = server.wrap_bio(s_in, s_out, server_side=True)
+        took = clock() - t
+        c_done = s_done = False
+        while not (c_done and s_done):
+            if not c_done:
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    c.do_handshake()
+                    c_done = True
+            s_in.write(c_out.read())
+            t = clock()
+            if not s_done:
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    s.do_handshake()
+                    s_done = True
+            flight = s_out.read()
+            took += clock() - t
+            c_in.write(flight)
+        c.write(REQUEST)
+        s_in.write(c_out.read())
+        t = clock()
+        request = s.read(65536)
+        s.write(answer)
+        with contextlib.suppress(ssl.SSLWantReadError):
+            s.unwrap()
+        flight = s_out.read()
+        took += clock() - t
+        c_in.write(flight)
+        with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+            while c.read(65536):
+                pass
+        with contextlib.suppress(ssl.SSLWantReadError):
+            c.unwrap()
+        s_in.write(c_out.read())
+        t = clock()
+        with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+            s.unwrap()
+        took += clock() - t
+        if request != REQUEST:
+            raise RuntimeError("ssl floor: the request did not arrive whole")
+        if i == 0:
+            session = c.session  # the ticket wrk would offer from now on
+            continue
+        spent += took
+        reused += s.session_reused
+    if reused != n:
+        raise RuntimeError(f"ssl floor: only {reused} of {n} handshakes resumed")
+    return round(spent / n * 1e6, 1)
+
+
 def loadavg() -> float:
     return round(os.getloadavg()[0], 2)
 
@@ -532,7 +610,11 @@ def main() -> int:
                 started.append((name, procs, plain, tls))
             rounds: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in runners}
             loads = [loadavg()]
+            floors: list[float] = []
             for rnd in range(args.repeat):
+                if "tls" in only:
+                    print("  reference: the ssl module's own work ...", file=sys.stderr, flush=True)
+                    floors.append(ssl_floor(cert, key))
                 for name, procs, plain, tls in started:
                     # idle connections last: memory they leave behind would skew later RSS
                     wanted = only if rnd == args.repeat - 1 else only - {"idle"}
@@ -541,6 +623,9 @@ def main() -> int:
                     )
                     loads.append(loadavg())
             result["load_average"] = loads
+            if floors:
+                result["ssl_floor_us_per_conn"] = min(floors)
+                result["ssl_floor_us_per_conn_runs"] = floors
             result["finished"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
             for name, _ in runners:
                 result[name] = best_of(rounds[name])
@@ -572,6 +657,8 @@ def main() -> int:
                     f"{value!s:>10}" + (f" ({ratio:.2f})" if ratio is not None else " " * 7)
                 )
             print(f"{k:24}" + "".join(cells))
+        if "ssl_floor_us_per_conn" in result:
+            print(f"{'ssl_floor_us_per_conn':24}{result['ssl_floor_us_per_conn']!s:>10}")
     return 0
 
 
