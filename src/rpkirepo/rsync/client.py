@@ -455,9 +455,13 @@ class _Fetch:
         self.skipped += skipped
         basis = self.basis
         same = basis.unchanged(entries, kept) if basis is not None else [False] * len(kept)
+        wanted: list[int] = []
+        held: list[int] = []
+        for i, hit in zip(kept, same, strict=True):
+            (held if hit else wanted).append(i)
         # Ask first, so the server works while we report and the writer links what we hold.
-        self.receiver.request([i for i, hit in zip(kept, same, strict=True) if not hit])
-        linked = [entries[i] for i, hit in zip(kept, same, strict=True) if hit]
+        self.receiver.request(wanted)
+        linked = [entries[i] for i in held]
         if self.on_file is not None:
             # Before the links are queued: the writer's syscalls would make this loop and the
             # writer take turns for the GIL (measured: 3x slower together than one after the
@@ -467,7 +471,7 @@ class _Fetch:
                 report(e.name, e.size, e.mtime, None)
         else:
             self.listed = kept
-            self.linked = {i for i, hit in zip(kept, same, strict=True) if hit}
+            self.linked = set(held)
         if basis is not None:
             for start in range(0, len(linked), LINK_BATCH):
                 chunk = linked[start : start + LINK_BATCH]
