@@ -752,6 +752,9 @@ def motd_flood(sock: socket.socket) -> None:
     sock.sendall(b"@RSYNCD: 31.0\n")
     for _ in range(2000):
         sock.sendall(b"x" * 100 + b"\n")
+    # Closing now could reset the connection while the client still writes its own greeting,
+    # and a reset discards what the client has not read yet: the flood it must refuse.
+    drain(sock)
 
 
 EARLY: dict[str, tuple[Script, type[RpkiRepoError], Reason, float]] = {
